@@ -1,0 +1,270 @@
+"""The storage interface: persistence for the engine, never a shared counter.
+
+The engine owns all state in memory. Storage keeps, in order, one opaque journal record per
+flush (numbered by the engine with ``seq`` = 1, 2, 3, ...), a periodic snapshot that covers
+the journal up to some ``seq``, the usage rows and events written in the same atomic step as
+their journal record, and an ownership lease whose fencing epoch every write checks.
+
+Recovery is ``load()``: the latest snapshot plus every record after it, in order.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+# Limits (STYLE: put a limit on everything, in one place).
+LIST_LIMIT_MAX = 10_000
+"""Largest page ``list_usage`` and ``read_events`` return in one call."""
+ITER_PAGE_SIZE = 1_000
+"""Rows fetched per round trip by ``iter_usage``."""
+LEASE_TTL_MIN_MS = 1
+LEASE_TTL_MAX_MS = 3_600_000
+"""A lease longer than an hour would keep a dead owner's data unserved for too long."""
+ID_MAX = 2**53 - 1
+"""Largest seq, event_id and at_ms: exact in a double, which is how Redis' Lua compares numbers."""
+
+
+class StorageError(Exception):
+    """Storage refused or failed an operation; not retryable as is (a bug or corrupted data)."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot persist right now (down, timed out, busy, disk full); retry later.
+
+    The outcome of the failed call is unknown: a write may or may not have landed. Retrying
+    ``append`` with the same ``seq`` and bytes is safe (it is idempotent).
+    """
+
+
+class LeaseHeld(StorageError):
+    """Another owner holds an unexpired lease on this data."""
+
+
+class Fenced(StorageError):
+    """Our epoch is no longer the current fencing epoch: stop serving at once."""
+
+
+class SequenceError(StorageError):
+    """A journal ``seq`` or event id out of order, or a re-append whose bytes differ.
+
+    Always a programmer error in the engine (or two writers sharing one epoch).
+    """
+
+
+class InvalidCursor(StorageError, ValueError):
+    """A paging cursor that this backend did not produce (a client error, not a storage one)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovered:
+    """What ``load()`` returns: the latest snapshot and the records after it, in seq order.
+
+    ``snapshot`` is None (and ``snapshot_seq`` 0) when no snapshot was ever written.
+    ``records`` are ``(seq, record)`` with consecutive seqs starting at ``snapshot_seq + 1``.
+    """
+
+    snapshot: bytes | None
+    snapshot_seq: int
+    records: list[tuple[int, bytes]]
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last persisted record: the engine's next append is this + 1."""
+        return self.records[-1][0] if self.records else self.snapshot_seq
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One usage record of an account (opaque payload, encoded by the engine)."""
+
+    account_id: str
+    at_ms: int
+    payload: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event; ``event_id`` strictly increases over all appends (starts at 1)."""
+
+    event_id: int
+    account_id: str
+    type: str
+    at_ms: int
+    payload: bytes
+
+
+class Storage(abc.ABC):
+    """One backend's persistence: lease, journal + snapshot, usage rows and events.
+
+    Calls are coroutines and never block the event loop. ``open()`` before use, ``close()``
+    after; ``async with`` does both. Every write takes the caller's fencing ``epoch`` and is
+    refused with ``Fenced`` (writing nothing) unless it is still the current epoch, checked
+    atomically inside the write itself.
+
+    Lease model: ``acquire_lease`` issues a new epoch, strictly greater than every epoch ever
+    issued for this data, and makes it current. The lease expires ``ttl_ms`` after the last
+    acquire or renew; after that another owner may acquire (which fences the old epoch). An
+    expired lease that nobody took over is still current: its owner can renew it and write.
+    A backend may also learn that a holder died before its TTL ran out (SQLite: the OS lock
+    on the lock file is gone) and then lets a new owner in at once. ``owner`` must be unique
+    per process incarnation (e.g. ``host:pid:random``): re-acquiring with the same owner is
+    allowed while the lease is live and fences the previous epoch.
+    """
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if missing. Raises StorageUnavailable if unreachable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and OS resources. Does not release the lease (see release_lease)."""
+
+    # -- ownership -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int:
+        """Take the ownership lease and return a new fencing epoch.
+
+        Raises LeaseHeld if another owner's lease has not expired.
+        """
+
+    @abc.abstractmethod
+    async def renew_lease(self, epoch: int, ttl_ms: int) -> None:
+        """Extend the lease to ``ttl_ms`` from now. Raises Fenced if ``epoch`` is not current."""
+
+    @abc.abstractmethod
+    async def release_lease(self, epoch: int) -> None:
+        """Give the lease up; ``epoch`` stops being current. A no-op if it already is not."""
+
+    # -- journal and snapshot --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def load(self) -> Recovered:
+        """Read the latest snapshot and every journal record after it, in order.
+
+        Raises StorageError if the journal has a gap (the data is damaged: do not serve).
+        """
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        epoch: int,
+        seq: int,
+        record: bytes,
+        usage: list[UsageRow],
+        events: list[EventRow],
+    ) -> None:
+        """Persist one flush atomically: the journal record, its usage rows and its events.
+
+        All or nothing, and only while ``epoch`` is current (else Fenced). ``seq`` must be the
+        last seq + 1 (else SequenceError). Idempotent: if record ``seq`` already exists with
+        the same bytes this is a success that writes nothing (the retry of an ambiguous
+        failure); with other bytes it is SequenceError. Event ids must keep increasing.
+        """
+
+    @abc.abstractmethod
+    async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
+        """Store ``blob`` as the state after record ``seq``, then trim the journal up to ``seq``.
+
+        Fenced like ``append``. ``seq`` must lie between the current snapshot's seq and the
+        last appended seq (inclusive; re-writing the same seq is allowed), else SequenceError.
+        """
+
+    # -- usage and events ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_usage(
+        self,
+        account_id: str,
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[UsageRow], str | None]:
+        """One page of an account's usage with ``from_ms <= at_ms < to_ms`` (``to_ms`` 0: no end).
+
+        Ordered by (at_ms, insertion order). Returns the rows and an opaque cursor for the next
+        page, or None when there is none. A cursor this backend did not make: InvalidCursor.
+        """
+
+    async def iter_usage(self, account_id: str, from_ms: int, to_ms: int) -> AsyncIterator[UsageRow]:
+        """Every usage row in the window, in ``list_usage`` order, fetched page by page."""
+        after: str | None = None
+        while True:
+            rows, after = await self.list_usage(account_id, from_ms, to_ms, ITER_PAGE_SIZE, after)
+            for row in rows:
+                yield row
+            if after is None:
+                return
+
+    @abc.abstractmethod
+    async def read_events(
+        self, after_event_id: int, limit: int, account_id: str | None = None
+    ) -> list[EventRow]:
+        """Up to ``limit`` events with ``event_id > after_event_id``, in id order,
+        optionally only one account's."""
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def check_durability(self) -> str | None:
+        """A warning to log at startup when acknowledged writes would not survive a restart."""
+        return None
+
+
+def check_limit(limit: int) -> None:
+    """Validate a page size (shared by the backends)."""
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise ValueError(f"limit must be in 1..{LIST_LIMIT_MAX}, got {limit}")
+
+
+def check_ttl(ttl_ms: int) -> None:
+    """Validate a lease TTL (shared by the backends)."""
+    if not LEASE_TTL_MIN_MS <= ttl_ms <= LEASE_TTL_MAX_MS:
+        raise ValueError(f"ttl_ms must be in {LEASE_TTL_MIN_MS}..{LEASE_TTL_MAX_MS}, got {ttl_ms}")
+
+
+def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow]) -> None:
+    """Reject malformed arguments of ``append`` before anything is sent (programmer errors)."""
+    if not 1 <= seq <= ID_MAX:
+        raise ValueError(f"seq must be in 1..{ID_MAX}, got {seq}")
+    for row in usage:
+        if not row.account_id:
+            raise ValueError("usage row without account_id")
+        if not 0 <= row.at_ms <= ID_MAX:
+            raise ValueError(f"usage at_ms must be in 0..{ID_MAX}, got {row.at_ms}")
+    prev_event_id = 0
+    for ev in events:
+        if not 1 <= ev.event_id <= ID_MAX:
+            raise ValueError(f"event_id must be in 1..{ID_MAX}, got {ev.event_id}")
+        if not 0 <= ev.at_ms <= ID_MAX:
+            raise ValueError(f"event at_ms must be in 0..{ID_MAX}, got {ev.at_ms}")
+        if ev.event_id <= prev_event_id:
+            raise SequenceError(f"event ids must increase within a batch: {ev.event_id} after {prev_event_id}")
+        prev_event_id = ev.event_id
+
+
+def check_recovered(recovered: Recovered, last_seq: int) -> None:
+    """Refuse to recover from a journal with a gap or a missing tail (damaged data)."""
+    expected = recovered.snapshot_seq + 1
+    for seq, _ in recovered.records:
+        if seq != expected:
+            raise StorageError(f"journal gap: expected seq {expected}, found {seq}")
+        expected += 1
+    if recovered.last_seq != last_seq:
+        raise StorageError(
+            f"journal ends at seq {recovered.last_seq} but seq {last_seq} was acknowledged"
+        )

@@ -1,0 +1,584 @@
+"""The production backend: Redis (redis-py asyncio with hiredis).
+
+Every key shares one hash tag (``quota:{q}:...``) so each multi-key script stays legal, and
+atomic, on Redis Cluster. Every write is ONE ``EVALSHA`` of a Lua script; the scripts only make
+a write atomic (check the fencing epoch, check seq order, write): no business decision is made
+in Lua. Each script does all of its checks before its first write, because Redis does not roll
+a script back when a command fails half-way.
+
+Keys (P = ``<key_prefix>{<hash_tag>}:``):
+
+- ``P lease``    string ``owner:epoch`` with PX = TTL: the liveness of the lease.
+- ``P epoch``    counter, INCR'ed by every acquire: epochs never repeat, even after a release.
+- ``P holder``   hash {epoch, owner}, no TTL: the current fencing epoch (gone once released).
+- ``P meta``     hash {last_seq, last_event_id, snapshot_seq, usage_lag_ms, format}.
+- ``P journal``  STREAM, one entry per flush with the explicit id ``<seq>-0``. A stream rather
+  than a hash or zset because it is ordered by seq for free (one XRANGE reads the tail for
+  recovery), the server itself refuses an id that does not increase, ``XTRIM MINID`` trims
+  behind a snapshot in one command, and it is stored compactly (listpacks in a radix tree).
+- ``P snapshot`` string: the latest snapshot blob (its seq is ``meta.snapshot_seq``).
+- ``P usage:<account_id>``  STREAM per account, fields at_ms and payload. Entry ids are
+  ``<at_ms>-*`` so a time window maps to an id range; when an account's at_ms goes backwards
+  (wall clock stepped back) the id keeps the highest at_ms seen (``P usage_top``) and
+  ``meta.usage_lag_ms`` records by how much, which widens the upper bound of later scans.
+- ``P events``   one global STREAM, ids ``<event_id>-0``, fields account_id, type, at_ms,
+  payload: outside consumers can read it with XREAD or consumer groups.
+
+Outages: connection errors, timeouts, a loading or read-only server, OOM and MISCONF become
+``StorageUnavailable``; sockets time out after ``op_timeout_ms`` so an outage is reported fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import urllib.parse
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .base import (
+    EventRow,
+    Fenced,
+    InvalidCursor,
+    LeaseHeld,
+    Recovered,
+    SequenceError,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+    UsageRow,
+    check_batch,
+    check_limit,
+    check_recovered,
+    check_ttl,
+)
+
+OP_TIMEOUT_MS_DEFAULT = 2_000
+RETRIES_DEFAULT = 1
+"""One immediate retry after a connection error heals a pooled connection that went stale (e.g.
+after a Redis restart). It is safe because every write is idempotent or harmless to repeat
+(append by seq, renew, release, snapshot by seq; a repeated acquire issues one more epoch).
+Timeouts are not retried, so a frozen server is reported after one op_timeout_ms."""
+LOAD_PAGE_SIZE = 1_000
+SCAN_PAGE_MAX = 2_000
+FORMAT_VERSION = 1
+
+_STREAM_ID = re.compile(rb"(\d+)-(\d+)")
+_CURSOR = re.compile(r"(\d+)-(\d+)")
+
+_ACQUIRE = """
+-- KEYS: lease, epoch, holder   ARGV: owner, ttl_ms
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local holder = string.match(cur, '^(.*):%d+$') or cur
+  if holder ~= ARGV[1] then
+    return {0, cur, redis.call('PTTL', KEYS[1])}
+  end
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. epoch, 'PX', ARGV[2])
+redis.call('HSET', KEYS[3], 'epoch', epoch, 'owner', ARGV[1])
+return {1, epoch}
+"""
+
+_RENEW = """
+-- KEYS: lease, holder   ARGV: epoch, ttl_ms
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then
+  return 0
+end
+local owner = redis.call('HGET', KEYS[2], 'owner')
+redis.call('SET', KEYS[1], owner .. ':' .. ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+-- KEYS: lease, holder   ARGV: epoch
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+_APPEND = """
+-- KEYS: holder, meta, journal, events, usage_top, usage streams (one per account)...
+-- ARGV: epoch, seq, record, n_usage, n_events,
+--       n_usage x (key index, account_id, at_ms, payload),
+--       n_events x (event_id, account_id, type, at_ms, payload)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  return {'FENCED', epoch or ''}
+end
+local last_raw = redis.call('HGET', KEYS[2], 'last_seq') or '0'
+local last = tonumber(last_raw)
+local seq = tonumber(ARGV[2])
+if seq <= last then
+  local got = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', ARGV[2] .. '-0')
+  if #got == 0 then
+    return {'TRIMMED', last_raw}
+  end
+  if got[1][2][2] == ARGV[3] then
+    return {'DUP'}
+  end
+  return {'CONFLICT', last_raw}
+end
+if seq ~= last + 1 then
+  return {'GAP', last_raw}
+end
+local n_usage = tonumber(ARGV[4])
+local n_events = tonumber(ARGV[5])
+local ev_base = 6 + 4 * n_usage
+if n_events > 0 then
+  local last_ev_raw = redis.call('HGET', KEYS[2], 'last_event_id') or '0'
+  if tonumber(ARGV[ev_base]) <= tonumber(last_ev_raw) then
+    return {'EVENT_ORDER', last_ev_raw}
+  end
+end
+-- Every check passed; nothing below can fail, so the script never applies half a batch.
+redis.call('XADD', KEYS[3], ARGV[2] .. '-0', 'record', ARGV[3])
+local top_raw, top, acct = {}, {}, {}
+local lag = 0
+for i = 0, n_usage - 1 do
+  local b = 6 + 4 * i
+  local k = tonumber(ARGV[b])
+  if top[k] == nil then
+    acct[k] = ARGV[b + 1]
+    local raw = redis.call('HGET', KEYS[5], acct[k])
+    if not raw then
+      -- First row of this account, or usage_top was lost: never go below the stream's last
+      -- id, or XADD would fail half-way through the script.
+      raw = '0'
+      if redis.call('EXISTS', KEYS[k]) == 1 then
+        local info = redis.call('XINFO', 'STREAM', KEYS[k])
+        for i = 1, #info, 2 do
+          if info[i] == 'last-generated-id' then
+            raw = string.match(info[i + 1], '^(%d+)')
+          end
+        end
+      end
+    end
+    top_raw[k], top[k] = raw, tonumber(raw)
+  end
+  local at = tonumber(ARGV[b + 2])
+  if at >= top[k] then
+    top[k], top_raw[k] = at, ARGV[b + 2]
+  elseif top[k] - at > lag then
+    lag = top[k] - at
+  end
+  redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', ARGV[b + 3])
+end
+for k, raw in pairs(top_raw) do
+  redis.call('HSET', KEYS[5], acct[k], raw)
+end
+if lag > tonumber(redis.call('HGET', KEYS[2], 'usage_lag_ms') or '0') then
+  redis.call('HSET', KEYS[2], 'usage_lag_ms', string.format('%d', lag))
+end
+for j = 0, n_events - 1 do
+  local b = ev_base + 5 * j
+  redis.call('XADD', KEYS[4], ARGV[b] .. '-0', 'account_id', ARGV[b + 1], 'type', ARGV[b + 2],
+             'at_ms', ARGV[b + 3], 'payload', ARGV[b + 4])
+end
+if n_events > 0 then
+  redis.call('HSET', KEYS[2], 'last_event_id', ARGV[ev_base + 5 * (n_events - 1)])
+end
+redis.call('HSET', KEYS[2], 'last_seq', ARGV[2])
+return {'OK'}
+"""
+
+_SNAPSHOT = """
+-- KEYS: holder, meta, snapshot, journal   ARGV: epoch, seq, blob
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  return {'FENCED', epoch or ''}
+end
+local snap_raw = redis.call('HGET', KEYS[2], 'snapshot_seq') or '0'
+local last_raw = redis.call('HGET', KEYS[2], 'last_seq') or '0'
+local seq = tonumber(ARGV[2])
+if seq < tonumber(snap_raw) or seq > tonumber(last_raw) then
+  return {'RANGE', snap_raw, last_raw}
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[2], 'snapshot_seq', ARGV[2])
+-- MINID drops every id below <seq>-1, i.e. every record up to and including seq.
+redis.call('XTRIM', KEYS[4], 'MINID', ARGV[2] .. '-1')
+return {'OK'}
+"""
+
+
+class _Script:
+    __slots__ = ("name", "source", "sha")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+_SCRIPTS = {
+    name: _Script(name, source)
+    for name, source in (
+        ("acquire", _ACQUIRE),
+        ("renew", _RENEW),
+        ("release", _RELEASE),
+        ("append", _APPEND),
+        ("snapshot", _SNAPSHOT),
+    )
+}
+
+# Replies after which the same call can succeed later: redis-py turns some into classes (and
+# strips their code from the message); the others keep their code as the message prefix.
+_RETRYABLE_ERRORS = (rex.ReadOnlyError, rex.OutOfMemoryError, rex.TryAgainError, rex.ClusterDownError)
+_RETRYABLE_PREFIXES = ("BUSY", "MISCONF", "NOREPLICAS", "LOADING", "READONLY", "OOM")
+
+
+def _map_error(exc: BaseException, where: str) -> StorageError:
+    """One table from redis-py's exceptions to ours."""
+    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError)):
+        return StorageError(f"redis {where}: {exc}")  # misconfiguration: retrying will not help
+    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError, TimeoutError)):
+        return StorageUnavailable(f"redis {where}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, _RETRYABLE_ERRORS) or (
+        isinstance(exc, rex.ResponseError) and str(exc).startswith(_RETRYABLE_PREFIXES)
+    ):
+        return StorageUnavailable(f"redis {where}: {type(exc).__name__}: {exc}")
+    return StorageError(f"redis {where}: {type(exc).__name__}: {exc}")
+
+
+def _redacted(url: str) -> str:
+    """host:port/db of a URL, without credentials, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+class RedisStorage(Storage):
+    """Storage in one Redis database (``redis://`` or ``rediss://`` for TLS)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "quota:",
+        hash_tag: str = "q",
+        op_timeout_ms: int = OP_TIMEOUT_MS_DEFAULT,
+        retries: int = RETRIES_DEFAULT,
+    ) -> None:
+        if any(c in key_prefix + hash_tag for c in "{}"):
+            raise ValueError("key_prefix and hash_tag must not contain braces")
+        if not hash_tag:
+            raise ValueError("hash_tag must not be empty")
+        if op_timeout_ms <= 0:
+            raise ValueError(f"op_timeout_ms must be > 0, got {op_timeout_ms}")
+        self.url = url
+        self.where = _redacted(url)
+        self._op_timeout_ms = op_timeout_ms
+        self._retries = retries
+        p = f"{key_prefix}{{{hash_tag}}}:"
+        self._prefix = p
+        self.k_lease = p + "lease"
+        self.k_epoch = p + "epoch"
+        self.k_holder = p + "holder"
+        self.k_meta = p + "meta"
+        self.k_journal = p + "journal"
+        self.k_snapshot = p + "snapshot"
+        self.k_usage_top = p + "usage_top"
+        self.k_events = p + "events"
+        self._client: aioredis.Redis | None = None
+
+    def usage_key(self, account_id: str) -> str:
+        return f"{self._prefix}usage:{account_id}"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StorageError("redis storage is not open")
+        return self._client
+
+    async def _eval(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script again if the server lost it (restart, SCRIPT FLUSH)."""
+        client = self.client
+        try:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                await client.script_load(script.source)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except rex.RedisError as exc:
+            raise _map_error(exc, f"{self.where} {script.name}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise _map_error(exc, f"{self.where} {script.name}") from exc
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            raise _map_error(exc, f"{self.where} {what}") from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        timeout_s = self._op_timeout_ms / 1000
+        client = aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), self._retries, supported_errors=(rex.ConnectionError,)),
+            protocol=2,
+            decode_responses=False,
+            health_check_interval=0,
+        )
+        try:
+            for script in _SCRIPTS.values():
+                await self._call("script load", client.script_load(script.source))
+            await self._call("hsetnx", client.hsetnx(self.k_meta, "format", FORMAT_VERSION))
+            fmt = int(await self._call("hget", client.hget(self.k_meta, "format")))
+            if fmt > FORMAT_VERSION:
+                raise StorageError(
+                    f"redis {self.where}: data format {fmt} is newer than this build's "
+                    f"{FORMAT_VERSION} (refusing to touch it)"
+                )
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- lease -----------------------------------------------------------------------------
+
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int:
+        if not owner:
+            raise ValueError("owner must not be empty")
+        check_ttl(ttl_ms)
+        reply = await self._eval(
+            _SCRIPTS["acquire"], [self.k_lease, self.k_epoch, self.k_holder], [owner, ttl_ms]
+        )
+        if reply[0] == 1:
+            return int(reply[1])
+        raise LeaseHeld(f"lease held as {reply[1].decode(errors='replace')!r} for {reply[2]} ms more")
+
+    async def renew_lease(self, epoch: int, ttl_ms: int) -> None:
+        check_ttl(ttl_ms)
+        if not await self._eval(_SCRIPTS["renew"], [self.k_lease, self.k_holder], [epoch, ttl_ms]):
+            raise Fenced(f"epoch {epoch} is not current")
+
+    async def release_lease(self, epoch: int) -> None:
+        await self._eval(_SCRIPTS["release"], [self.k_lease, self.k_holder], [epoch])
+
+    # -- journal and snapshot --------------------------------------------------------------
+
+    async def load(self) -> Recovered:
+        client = self.client
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.k_meta, ["snapshot_seq", "last_seq"])
+            pipe.get(self.k_snapshot)
+            (snapshot_seq_raw, last_seq_raw), snapshot = await self._call("load", pipe.execute())
+        snapshot_seq = int(snapshot_seq_raw or 0)
+        last_seq = int(last_seq_raw or 0)
+        records: list[tuple[int, bytes]] = []
+        start = f"{snapshot_seq + 1}-0"
+        while last_seq > snapshot_seq:
+            page = await self._call(
+                "load",
+                client.xrange(self.k_journal, start, f"{last_seq}-0", count=LOAD_PAGE_SIZE),
+            )
+            for entry_id, fields in page:
+                records.append((_stream_ms(entry_id), fields[b"record"]))
+            if len(page) < LOAD_PAGE_SIZE:
+                break
+            start = b"(" + page[-1][0]
+        recovered = Recovered(snapshot, snapshot_seq, records)
+        check_recovered(recovered, last_seq)
+        return recovered
+
+    async def append(
+        self,
+        epoch: int,
+        seq: int,
+        record: bytes,
+        usage: list[UsageRow],
+        events: list[EventRow],
+    ) -> None:
+        check_batch(seq, usage, events)
+        keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
+        key_index: dict[str, int] = {}
+        args: list[Any] = [epoch, seq, record, len(usage), len(events)]
+        for row in usage:
+            index = key_index.get(row.account_id)
+            if index is None:
+                keys.append(self.usage_key(row.account_id))
+                index = key_index[row.account_id] = len(keys)  # Lua's KEYS is 1-based
+            args += (index, row.account_id, row.at_ms, row.payload)
+        for ev in events:
+            args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
+        reply = await self._eval(_SCRIPTS["append"], keys, args)
+        status = reply[0]
+        if status in (b"OK", b"DUP"):
+            return
+        detail = reply[1].decode() if len(reply) > 1 else ""
+        if status == b"FENCED":
+            raise Fenced(f"epoch {epoch} is not current (current {detail or 'none: released'})")
+        if status == b"TRIMMED":
+            raise SequenceError(f"seq {seq} is already covered by a snapshot (last seq {detail})")
+        if status == b"CONFLICT":
+            raise SequenceError(f"seq {seq} already holds a different record")
+        if status == b"GAP":
+            raise SequenceError(f"seq {seq} does not follow last seq {detail}")
+        if status == b"EVENT_ORDER":
+            raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
+        raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")
+
+    async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        reply = await self._eval(
+            _SCRIPTS["snapshot"],
+            [self.k_holder, self.k_meta, self.k_snapshot, self.k_journal],
+            [epoch, seq, blob],
+        )
+        status = reply[0]
+        if status == b"OK":
+            return
+        if status == b"FENCED":
+            raise Fenced(f"epoch {epoch} is not current")
+        if status == b"RANGE":
+            raise SequenceError(
+                f"snapshot seq {seq} outside {reply[1].decode()}..{reply[2].decode()} "
+                "(current snapshot..last seq)"
+            )
+        raise StorageError(f"redis {self.where}: unexpected snapshot reply {reply!r}")
+
+    # -- usage and events ------------------------------------------------------------------
+
+    async def list_usage(
+        self,
+        account_id: str,
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[UsageRow], str | None]:
+        check_limit(limit)
+        client = self.client
+        # An entry's id time is >= its at_ms, so from_ms is a valid lower id bound.
+        start_id = (max(from_ms, 0), 0)
+        start = f"{start_id[0]}-0"
+        if after is not None:
+            match = _CURSOR.fullmatch(after)
+            if match is None:
+                raise InvalidCursor(f"not a usage cursor of this store: {after!r}")
+            if (int(match[1]), int(match[2])) >= start_id:
+                start = "(" + after
+        end = "+"
+        if to_ms:
+            lag_ms = int(await self._call("hget", client.hget(self.k_meta, "usage_lag_ms")) or 0)
+            end = f"({to_ms + lag_ms}-0"
+        key = self.usage_key(account_id)
+        count = min(max(limit + 1, 128), SCAN_PAGE_MAX)
+        found: list[tuple[bytes, UsageRow]] = []
+        while len(found) <= limit:
+            page = await self._call("list usage", client.xrange(key, start, end, count=count))
+            for entry_id, fields in page:
+                at_ms = int(fields[b"at_ms"])
+                if at_ms >= from_ms and (not to_ms or at_ms < to_ms):
+                    found.append((entry_id, UsageRow(account_id, at_ms, fields[b"payload"])))
+            if len(page) < count:
+                break
+            start = b"(" + page[-1][0]
+        rows = [row for _, row in found[:limit]]
+        if len(found) <= limit:
+            return rows, None
+        return rows, found[limit - 1][0].decode()
+
+    async def read_events(
+        self, after_event_id: int, limit: int, account_id: str | None = None
+    ) -> list[EventRow]:
+        check_limit(limit)
+        client = self.client
+        start = f"({after_event_id}-0" if after_event_id > 0 else "-"
+        count = limit if account_id is None else SCAN_PAGE_MAX
+        out: list[EventRow] = []
+        while len(out) < limit:
+            page = await self._call("read events", client.xrange(self.k_events, start, "+", count=count))
+            for entry_id, fields in page:
+                acct = fields[b"account_id"].decode()
+                if account_id is None or acct == account_id:
+                    out.append(
+                        EventRow(
+                            _stream_ms(entry_id),
+                            acct,
+                            fields[b"type"].decode(),
+                            int(fields[b"at_ms"]),
+                            fields[b"payload"],
+                        )
+                    )
+                    if len(out) == limit:
+                        break
+            if len(page) < count:
+                break
+            start = b"(" + page[-1][0]
+        return out
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def check_durability(self) -> str | None:
+        """Warn when this Redis would lose acknowledged mutations on a restart (or evict them).
+
+        Managed services often disable CONFIG; then INFO persistence tells whether AOF is on.
+        """
+        client = self.client
+        warnings: list[str] = []
+        try:
+            cfg: dict[str, str] = {}
+            for name in ("appendonly", "save", "maxmemory-policy"):
+                for key, value in (await client.config_get(name)).items():
+                    cfg[str(key)] = str(value)
+        except rex.ResponseError:
+            info = await self._call("info", client.info("persistence"))
+            if not int(info.get("aof_enabled", 0)):
+                warnings.append(
+                    f"Redis at {self.where} has AOF disabled (appendonly no) and CONFIG is not "
+                    "available to check its RDB settings: acknowledged mutations may be lost "
+                    "when Redis restarts; set appendonly yes"
+                )
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            raise _map_error(exc, f"{self.where} config get") from exc
+        else:
+            aof = cfg.get("appendonly", "no") == "yes"
+            save = cfg.get("save", "").strip()
+            if not aof and not save:
+                warnings.append(
+                    f'Redis at {self.where} keeps nothing on disk (appendonly no, save ""): '
+                    "every acknowledged mutation is lost when Redis restarts; set appendonly yes "
+                    "(appendfsync always to lose nothing on a host crash)"
+                )
+            elif not aof:
+                warnings.append(
+                    f"Redis at {self.where} keeps only RDB snapshots (save {save!r}, appendonly "
+                    "no): mutations acknowledged since the last snapshot are lost if Redis stops "
+                    "uncleanly; set appendonly yes"
+                )
+            policy = cfg.get("maxmemory-policy", "noeviction")
+            if policy.startswith("allkeys-"):
+                warnings.append(
+                    f"Redis at {self.where} has maxmemory-policy {policy}: it may evict the "
+                    "journal when memory is full; use noeviction"
+                )
+        return "; ".join(warnings) or None
+
+
+def _stream_ms(entry_id: bytes) -> int:
+    """The ms part of a stream id (our seq or event_id)."""
+    match = _STREAM_ID.fullmatch(entry_id)
+    if match is None:
+        raise StorageError(f"unexpected stream id {entry_id!r}")
+    return int(match[1])

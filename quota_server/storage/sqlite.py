@@ -1,0 +1,469 @@
+"""The embedded default backend: one SQLite file (standard library ``sqlite3``).
+
+Durability: WAL mode with ``synchronous=FULL``. In WAL mode ``FULL`` fsyncs the WAL at every
+commit, so a batch is on disk when ``append`` returns and survives a process crash, an OS crash
+and a power loss (on a disk that honours fsync). ``NORMAL`` would only sync at checkpoints: the
+database stays consistent but the last commits can be lost on power loss, which breaks "an
+acknowledged mutation is never lost".
+
+Concurrency: every sqlite call runs on one dedicated worker thread that owns the only
+connection, so the event loop never blocks and calls are serialized in submission order.
+
+Ownership: the lease (owner, epoch, expires_at_ms) lives in the ``meta`` row and fences every
+write; in addition the holder keeps an exclusive ``flock`` on ``<db>.lock`` while it holds the
+lease. The flock is what keeps two live processes off one file (the kernel drops it when the
+holder dies, even on kill -9); the epoch is what makes a stale writer's write fail. Because a
+free flock proves that no live process holds the lease, a new process takes over a dead
+holder's lease at once instead of waiting out its TTL. Local filesystems only (no NFS).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import fcntl
+import functools
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .base import (
+    EventRow,
+    Fenced,
+    InvalidCursor,
+    LeaseHeld,
+    Recovered,
+    SequenceError,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+    UsageRow,
+    check_batch,
+    check_limit,
+    check_recovered,
+    check_ttl,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS_DEFAULT = 5_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    owner TEXT,                       -- NULL: no lease (released)
+    epoch INTEGER NOT NULL,           -- the last epoch issued = the current fencing epoch
+    expires_at_ms INTEGER NOT NULL,   -- wall clock
+    last_seq INTEGER NOT NULL,        -- survives journal trimming
+    last_event_id INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (id, owner, epoch, expires_at_ms, last_seq, last_event_id)
+    VALUES (1, NULL, 0, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, so cursors stay valid
+    account_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_account_at ON usage (account_id, at_ms, id);
+CREATE TABLE IF NOT EXISTS events (
+    event_id INTEGER PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_account ON events (account_id, event_id);
+"""
+
+# Primary result codes after which a retry can succeed (locked by another process, I/O error,
+# disk full, out of memory). Anything else (corrupt, not a database, constraint) is a StorageError.
+_RETRYABLE_CODES = frozenset({5, 6, 7, 10, 13, 14, 15})  # BUSY LOCKED NOMEM IOERR FULL CANTOPEN PROTOCOL
+
+_CURSOR = re.compile(r"(\d+):(\d+)")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _map_error(exc: BaseException) -> StorageError:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and (code & 0xFF) in _RETRYABLE_CODES:
+            return StorageUnavailable(f"sqlite: {exc}")
+        return StorageError(f"sqlite: {exc}")
+    if isinstance(exc, PermissionError):
+        return StorageError(f"sqlite: {exc}")
+    return StorageUnavailable(f"sqlite: {exc}")
+
+
+class SqliteStorage(Storage):
+    """Storage in one SQLite file at ``path`` (parent directories are created)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS_DEFAULT,
+    ) -> None:
+        self.path = os.fspath(path)
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ValueError(f"sqlite storage needs a file path, got {self.path!r}")
+        self.lock_path = self.path + ".lock"
+        self._clock_ms = clock_ms
+        self._busy_timeout_ms = busy_timeout_ms
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Owned by the worker thread only:
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StorageError("sqlite storage is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except StorageError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise _map_error(exc) from exc
+
+    def _write_txn(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one IMMEDIATE transaction (takes the write lock up front, so the
+        checks in ``body`` and the writes that follow are atomic)."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _read_txn(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one read transaction: a consistent view across several SELECTs."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            return body(conn)
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="quota-sqlite"
+        )
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
+            raise
+
+    def _open_sync(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"sqlite: cannot enable WAL on {self.path} (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"sqlite: {self.path} has schema version {version}; this build knows "
+                    f"{SCHEMA_VERSION} (refusing to touch data written by a newer server)"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close_sync)
+        finally:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        self._drop_flock()
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    # -- lease -----------------------------------------------------------------------------
+
+    def _take_flock(self, owner: str) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LeaseHeld(
+                    f"another live process holds {self.lock_path} (and with it the lease)"
+                ) from None
+            raise
+        # Who holds it, for an operator looking at the file; not used for decisions.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{owner} pid={os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _drop_flock(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int:
+        if not owner:
+            raise ValueError("owner must not be empty")
+        check_ttl(ttl_ms)
+        return await self._run(self._acquire_sync, owner, ttl_ms)
+
+    def _acquire_sync(self, owner: str, ttl_ms: int) -> int:
+        took_flock = self._lock_fd is None
+        if took_flock:
+            self._take_flock(owner)
+
+        def body(conn: sqlite3.Connection) -> int:
+            holder, epoch, expires_at_ms = conn.execute(
+                "SELECT owner, epoch, expires_at_ms FROM meta WHERE id = 1"
+            ).fetchone()
+            now_ms = self._clock_ms()
+            # With a freshly taken flock the recorded holder is dead: take over at once.
+            if not took_flock and holder is not None and holder != owner and expires_at_ms > now_ms:
+                raise LeaseHeld(
+                    f"lease held by {holder!r} (epoch {epoch}) for {expires_at_ms - now_ms} ms more"
+                )
+            conn.execute(
+                "UPDATE meta SET owner = ?, epoch = ?, expires_at_ms = ? WHERE id = 1",
+                (owner, epoch + 1, now_ms + ttl_ms),
+            )
+            return int(epoch) + 1
+
+        try:
+            return self._write_txn(body)
+        except BaseException:
+            if took_flock:
+                self._drop_flock()
+            raise
+
+    async def renew_lease(self, epoch: int, ttl_ms: int) -> None:
+        check_ttl(ttl_ms)
+        await self._run(self._renew_sync, epoch, ttl_ms)
+
+    def _renew_sync(self, epoch: int, ttl_ms: int) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            _check_fence(conn, epoch)
+            conn.execute(
+                "UPDATE meta SET expires_at_ms = ? WHERE id = 1", (self._clock_ms() + ttl_ms,)
+            )
+
+        self._write_txn(body)
+
+    async def release_lease(self, epoch: int) -> None:
+        await self._run(self._release_sync, epoch)
+
+    def _release_sync(self, epoch: int) -> None:
+        def body(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE meta SET owner = NULL, expires_at_ms = 0 "
+                "WHERE id = 1 AND owner IS NOT NULL AND epoch = ?",
+                (epoch,),
+            )
+            return cur.rowcount == 1
+
+        if self._write_txn(body):
+            self._drop_flock()
+
+    # -- journal and snapshot --------------------------------------------------------------
+
+    async def load(self) -> Recovered:
+        return await self._run(self._read_txn, _load)
+
+    async def append(
+        self,
+        epoch: int,
+        seq: int,
+        record: bytes,
+        usage: list[UsageRow],
+        events: list[EventRow],
+    ) -> None:
+        check_batch(seq, usage, events)
+        await self._run(self._write_txn, functools.partial(_append, epoch, seq, bytes(record), usage, events))
+
+    async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        await self._run(self._write_txn, functools.partial(_write_snapshot, epoch, seq, bytes(blob)))
+
+    # -- usage and events ------------------------------------------------------------------
+
+    async def list_usage(
+        self,
+        account_id: str,
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[UsageRow], str | None]:
+        check_limit(limit)
+        sql = "SELECT id, at_ms, payload FROM usage WHERE account_id = ? AND at_ms >= ?"
+        params: list[Any] = [account_id, from_ms]
+        if to_ms:
+            sql += " AND at_ms < ?"
+            params.append(to_ms)
+        if after is not None:
+            match = _CURSOR.fullmatch(after)
+            if match is None:
+                raise InvalidCursor(f"not a usage cursor of this store: {after!r}")
+            sql += " AND (at_ms, id) > (?, ?)"
+            params += [int(match[1]), int(match[2])]
+        sql += " ORDER BY at_ms, id LIMIT ?"
+        params.append(limit + 1)
+        rows = await self._run(self._query, sql, params)
+        page = [UsageRow(account_id, at_ms, bytes(payload)) for _, at_ms, payload in rows[:limit]]
+        if len(rows) <= limit:
+            return page, None
+        last_id, last_at_ms, _ = rows[limit - 1]
+        return page, f"{last_at_ms}:{last_id}"
+
+    async def read_events(
+        self, after_event_id: int, limit: int, account_id: str | None = None
+    ) -> list[EventRow]:
+        check_limit(limit)
+        sql = "SELECT event_id, account_id, type, at_ms, payload FROM events WHERE event_id > ?"
+        params: list[Any] = [after_event_id]
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            params.append(account_id)
+        sql += " ORDER BY event_id LIMIT ?"
+        params.append(limit)
+        rows = await self._run(self._query, sql, params)
+        return [EventRow(eid, acct, typ, at_ms, bytes(payload)) for eid, acct, typ, at_ms, payload in rows]
+
+    def _query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        assert self._conn is not None
+        return self._conn.execute(sql, params).fetchall()
+
+
+# -- transaction bodies (run on the worker thread inside _write_txn / _read_txn) -------------
+
+
+def _check_fence(conn: sqlite3.Connection, epoch: int) -> tuple[int, int]:
+    """Raise Fenced unless ``epoch`` is current; return (last_seq, last_event_id)."""
+    holder, current, last_seq, last_event_id = conn.execute(
+        "SELECT owner, epoch, last_seq, last_event_id FROM meta WHERE id = 1"
+    ).fetchone()
+    if holder is None or current != epoch:
+        state = "released" if holder is None else f"held by {holder!r}"
+        raise Fenced(f"epoch {epoch} is not current (current {current}, lease {state})")
+    return last_seq, last_event_id
+
+
+def _append(
+    epoch: int,
+    seq: int,
+    record: bytes,
+    usage: list[UsageRow],
+    events: list[EventRow],
+    conn: sqlite3.Connection,
+) -> None:
+    last_seq, last_event_id = _check_fence(conn, epoch)
+    if seq <= last_seq:
+        row = conn.execute("SELECT record FROM journal WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise SequenceError(f"seq {seq} is already covered by a snapshot (last seq {last_seq})")
+        if bytes(row[0]) == record:
+            return  # the retry of an append that had landed: nothing to do
+        raise SequenceError(f"seq {seq} already holds a different record")
+    if seq != last_seq + 1:
+        raise SequenceError(f"seq {seq} does not follow last seq {last_seq}")
+    if events and events[0].event_id <= last_event_id:
+        raise SequenceError(f"event id {events[0].event_id} does not follow {last_event_id}")
+    conn.execute("INSERT INTO journal (seq, record) VALUES (?, ?)", (seq, record))
+    if usage:
+        conn.executemany(
+            "INSERT INTO usage (account_id, at_ms, payload) VALUES (?, ?, ?)",
+            [(u.account_id, u.at_ms, bytes(u.payload)) for u in usage],
+        )
+    if events:
+        conn.executemany(
+            "INSERT INTO events (event_id, account_id, type, at_ms, payload) VALUES (?, ?, ?, ?, ?)",
+            [(e.event_id, e.account_id, e.type, e.at_ms, bytes(e.payload)) for e in events],
+        )
+        last_event_id = events[-1].event_id
+    conn.execute(
+        "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1", (seq, last_event_id)
+    )
+
+
+def _write_snapshot(epoch: int, seq: int, blob: bytes, conn: sqlite3.Connection) -> None:
+    last_seq, _ = _check_fence(conn, epoch)
+    row = conn.execute("SELECT seq FROM snapshot WHERE id = 1").fetchone()
+    snapshot_seq = row[0] if row else 0
+    if not snapshot_seq <= seq <= last_seq:
+        raise SequenceError(
+            f"snapshot seq {seq} outside {snapshot_seq}..{last_seq} (current snapshot..last seq)"
+        )
+    conn.execute("INSERT OR REPLACE INTO snapshot (id, seq, blob) VALUES (1, ?, ?)", (seq, blob))
+    conn.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+
+
+def _load(conn: sqlite3.Connection) -> Recovered:
+    row = conn.execute("SELECT seq, blob FROM snapshot WHERE id = 1").fetchone()
+    snapshot, snapshot_seq = (bytes(row[1]), row[0]) if row else (None, 0)
+    records = [
+        (seq, bytes(record))
+        for seq, record in conn.execute(
+            "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq", (snapshot_seq,)
+        )
+    ]
+    (last_seq,) = conn.execute("SELECT last_seq FROM meta WHERE id = 1").fetchone()
+    recovered = Recovered(snapshot, snapshot_seq, records)
+    check_recovered(recovered, last_seq)
+    return recovered
+

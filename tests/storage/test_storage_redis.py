@@ -1,0 +1,192 @@
+"""Redis-only behaviour on a real redis-server: outages, script cache, durability check, keys."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quota_server.storage import Fenced, LeaseHeld, Recovered, StorageUnavailable, UsageRow
+from quota_server.storage.redis import RedisStorage
+
+from .conftest import acquire_when_free, require_redis_server
+from .redis_proc import RedisProcess
+
+T0 = 1_700_000_000_000
+TTL_MS = 400
+OUTAGE_TIMEOUT_MS = 300
+
+
+@pytest.fixture
+async def opened(redis_server: RedisProcess):
+    stores: list[RedisStorage] = []
+
+    async def make(**options) -> RedisStorage:
+        options.setdefault("op_timeout_ms", OUTAGE_TIMEOUT_MS)
+        store = RedisStorage(redis_server.url, **options)
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+async def test_killed_server_is_unavailable_then_writes_resume_after_restart(
+    redis_server: RedisProcess, opened
+) -> None:
+    """A dead Redis is StorageUnavailable for every call; after a restart the retried append
+    lands, and nothing acknowledged before the crash is missing."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [], [])
+    redis_server.stop(kill=True)
+    for call in (
+        store.append(epoch, 2, b"r2", [], []),
+        store.load(),
+        store.acquire_lease("b", TTL_MS),
+        store.renew_lease(epoch, 60_000),
+        store.list_usage("x", 0, 0, 10, None),
+        store.read_events(0, 10),
+        store.check_durability(),
+    ):
+        with pytest.raises(StorageUnavailable):
+            await call
+    redis_server.start()  # same port and directory; its script cache is empty now
+    await store.append(epoch, 2, b"r2", [], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
+
+
+async def test_frozen_server_times_out_and_the_retry_is_idempotent(
+    redis_server: RedisProcess, opened
+) -> None:
+    """A server that stops answering (SIGSTOP) is StorageUnavailable after op_timeout_ms. The
+    write may still land once it wakes up; retrying the same append then succeeds, once."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [UsageRow("u", T0, b"p1")], [])
+    redis_server.pause()
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.append(epoch, 2, b"r2", [UsageRow("u", T0 + 1, b"p2")], [])
+    finally:
+        redis_server.resume()
+    await store.append(epoch, 2, b"r2", [UsageRow("u", T0 + 1, b"p2")], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
+    assert [r.payload async for r in store.iter_usage("u", 0, 0)] == [b"p1", b"p2"]
+
+
+async def test_open_is_unavailable_when_nothing_listens(tmp_path: Path) -> None:
+    """Opening against a dead address fails fast with StorageUnavailable."""
+    require_redis_server()
+    server = RedisProcess(tmp_path)  # picks a free port, never started
+    store = RedisStorage(server.url, op_timeout_ms=OUTAGE_TIMEOUT_MS)
+    with pytest.raises(StorageUnavailable):
+        await store.open()
+
+
+async def test_flushed_script_cache_is_reloaded(opened) -> None:
+    """EVALSHA falls back to loading the script when the server forgot it (NOSCRIPT)."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.client.script_flush()
+    await store.append(epoch, 1, b"r1", [], [])
+    assert (await store.load()).last_seq == 1
+
+
+async def test_second_process_gets_the_lease_only_after_expiry(opened) -> None:
+    """Two clients: the second is refused until the PX expires, then the first is fenced."""
+    first, second = await opened(), await opened()
+    old = await first.acquire_lease("first", TTL_MS)
+    with pytest.raises(LeaseHeld, match="first"):
+        await second.acquire_lease("second", TTL_MS)
+    new = await acquire_when_free(second, "second", TTL_MS)
+    assert new > old
+    with pytest.raises(Fenced):
+        await first.append(old, 1, b"r1", [], [])
+    with pytest.raises(Fenced):
+        await first.renew_lease(old, TTL_MS)
+    await second.append(new, 1, b"r1", [], [])
+
+
+async def test_all_keys_share_one_hash_tag(redis_server: RedisProcess, opened) -> None:
+    """Every key the backend writes carries the same {tag}, so scripts stay cluster-safe."""
+    store = await opened(key_prefix="svc:", hash_tag="shard-7")
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [UsageRow("acct-1", T0, b"p")], [])
+    await store.append(epoch, 2, b"r2", [UsageRow("acct-2", T0, b"p")], [])
+    await store.write_snapshot(epoch, 1, b"s1")
+    keys = sorted(k.decode() for k in await store.client.keys("*"))
+    assert keys == [
+        "svc:{shard-7}:epoch",
+        "svc:{shard-7}:holder",
+        "svc:{shard-7}:journal",
+        "svc:{shard-7}:lease",
+        "svc:{shard-7}:meta",
+        "svc:{shard-7}:snapshot",
+        "svc:{shard-7}:usage:acct-1",
+        "svc:{shard-7}:usage:acct-2",
+        "svc:{shard-7}:usage_top",
+    ]
+
+
+async def test_usage_with_a_clock_that_steps_back_is_still_found(opened) -> None:
+    """Usage ids follow at_ms; a row whose at_ms went backwards is kept (under the highest id
+    time seen) and still returned by a window that contains its at_ms."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    late, early = UsageRow("u", T0 + 1_000, b"late"), UsageRow("u", T0 + 500, b"early")
+    await store.append(epoch, 1, b"r1", [late], [])
+    await store.append(epoch, 2, b"r2", [early], [])
+    assert await store.list_usage("u", T0 + 400, T0 + 600, 10, None) == ([early], None)
+    assert await store.list_usage("u", T0 + 900, T0 + 1_100, 10, None) == ([late], None)
+    assert await store.list_usage("u", 0, 0, 10, None) == ([late, early], None)  # insertion order
+
+
+async def test_durability_warnings(redis_server: RedisProcess, opened) -> None:
+    """check_durability names each configuration that would lose acknowledged writes."""
+    store = await opened()
+    assert await store.check_durability() is None
+    await store.client.config_set("appendonly", "no")
+    warning = await store.check_durability()
+    assert warning is not None and "keeps nothing on disk" in warning
+    await store.client.config_set("save", "3600 1")
+    warning = await store.check_durability()
+    assert warning is not None and "only RDB snapshots" in warning
+    await store.client.config_set("appendonly", "yes")
+    await store.client.config_set("maxmemory-policy", "allkeys-lru")
+    warning = await store.check_durability()
+    assert warning is not None and "evict" in warning and "RDB" not in warning
+
+
+async def test_durability_check_without_config_command(tmp_path: Path) -> None:
+    """With CONFIG disabled (managed Redis), the check falls back to INFO persistence."""
+    require_redis_server()
+    for appendonly, expect_warning in ((True, False), (False, True)):
+        server = RedisProcess(
+            tmp_path / f"aof-{appendonly}",
+            appendonly=appendonly,
+            extra_args=("--rename-command", "CONFIG", ""),
+        )
+        with server:
+            store = RedisStorage(server.url, op_timeout_ms=OUTAGE_TIMEOUT_MS)
+            await store.open()
+            try:
+                warning = await store.check_durability()
+            finally:
+                await store.close()
+        assert (warning is not None) == expect_warning, warning
+        if warning:
+            assert "AOF disabled" in warning
+
+
+async def test_lost_usage_top_does_not_break_appends(opened) -> None:
+    """If the usage_top hash is deleted, new usage ids still follow the stream's last id
+    (an XADD failing half-way through the script would leave a partial batch)."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [UsageRow("u", T0 + 1_000, b"late")], [])
+    await store.client.delete(store.k_usage_top)
+    await store.append(epoch, 2, b"r2", [UsageRow("u", T0, b"early")], [])
+    assert [r.payload async for r in store.iter_usage("u", 0, 0)] == [b"late", b"early"]
+    assert (await store.load()).last_seq == 2
