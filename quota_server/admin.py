@@ -1,0 +1,240 @@
+"""AdminService: accounts, grants, usage and events (the control plane)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+
+from _fastledger import codes as C
+from quota.v1 import admin_service_pb2 as apb
+from quota.v1 import admin_service_pb2_grpc as apb_grpc
+
+from .dataplane import NS_PER_MS, included_grant_id
+from .engine import Engine
+from .errors import QuotaError, from_core_status
+from .rpc import abort_with
+from .storage.base import InvalidCursor
+from .validate import check_amount, check_id, fingerprint
+
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 1000
+WATCH_POLL_S = 1.0
+
+
+class AdminServicer(apb_grpc.AdminServiceServicer):
+    """The control plane over the same engine as the data plane."""
+
+    def __init__(self, *, engine: Engine, config) -> None:
+        self.engine = engine
+        self.plans = config.plans
+
+    # ------------------------------------------------------------------ accounts
+
+    def _account(self, account_id: str) -> apb.Account:
+        view = self.engine.ledger.account_view(account_id, self.engine.now_ns())
+        if view is None:
+            raise from_core_status(C.ACCOUNT_NOT_FOUND)
+        return apb.Account(
+            account_id=account_id, plan_id=view["plan_id"], credit_limit=view["credit_limit"], status=view["status"],
+        )
+
+    async def UpsertAccount(self, request, context):
+        try:
+            return await self._upsert(request)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def _upsert(self, req: apb.UpsertAccountRequest) -> apb.UpsertAccountResponse:
+        account_id = check_id(req.account_id, "account_id")
+        if req.status not in (C.ACCOUNT_KEEP, C.ACCOUNT_ACTIVE, C.ACCOUNT_SUSPENDED):
+            raise QuotaError("INVALID_ARGUMENT", f"unknown status {req.status}", metadata={"field": "status"})
+        credit_limit = check_amount(req.credit_limit, "credit_limit", allow_zero=True) if req.HasField(
+            "credit_limit") else None
+        now_ns = self.engine.now_ns()
+        existing = self.engine.ledger.account_view(account_id, now_ns)
+        plan = None
+        if req.plan_id:
+            plan = self.plans.get(req.plan_id)
+            if plan is None:
+                raise QuotaError("PLAN_NOT_FOUND", f"unknown plan_id {req.plan_id!r}", metadata={"field": "plan_id"})
+        elif existing is None:
+            raise QuotaError("INVALID_ARGUMENT", "creating an account needs a plan_id", metadata={"field": "plan_id"})
+        joins = plan is not None and (existing is None or existing["plan_id"] != plan.name)
+        if joins and credit_limit is None:
+            credit_limit = plan.credit_limit
+        op = (
+            C.OP_UPSERT, account_id, plan.name if plan else None, req.status, credit_limit,
+            plan.max_open_holds if joins else None, plan.unlimited if joins else None,
+        )
+
+        def derive(op, r, fresh, now_ms):
+            if r[1]:
+                return [], [("account.created", account_id, {"plan_id": plan.name})]
+            events = []
+            if joins:
+                events.append(("plan.changed", account_id, {"from": existing["plan_id"], "to": plan.name}))
+            if req.status and existing is not None and req.status != existing["status"]:
+                kind = "account.suspended" if req.status == C.ACCOUNT_SUSPENDED else "account.activated"
+                events.append((kind, account_id, {}))
+            return [], events
+
+        items = [(op, derive)]
+        if joins and plan.included_credits > 0:
+            start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
+            grant_id = included_grant_id(plan.name, start_ms)
+            items.append((
+                (C.OP_GRANT, account_id, grant_id, fingerprint(plan.included_credits, end_ms), plan.included_credits,
+                 C.LOT_INCLUDED, 0, end_ms * NS_PER_MS),
+                _grant_event(account_id, grant_id, plan.included_credits, C.LOT_INCLUDED),
+            ))
+        results = await self.engine.submit_many(items)
+        if results[0][0] != C.OK:
+            raise from_core_status(results[0][0])
+        return apb.UpsertAccountResponse(account=self._account(account_id), created=results[0][1])
+
+    async def GetAccount(self, request, context):
+        try:
+            return apb.GetAccountResponse(account=self._account(check_id(request.account_id, "account_id")))
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    # ------------------------------------------------------------------ grants
+
+    async def Grant(self, request, context):
+        try:
+            return await self._grant(request)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def _grant(self, req: apb.GrantRequest) -> apb.GrantResponse:
+        account_id = check_id(req.account_id, "account_id")
+        grant_id = check_id(req.grant_id, "grant_id")
+        amount = check_amount(req.amount, "amount")
+        category = req.category or C.LOT_PURCHASED
+        if category not in (C.LOT_PURCHASED, C.LOT_PROMOTIONAL, C.LOT_INCLUDED, C.LOT_ADJUSTMENT):
+            raise QuotaError("INVALID_ARGUMENT", f"unknown category {req.category}", metadata={"field": "category"})
+        expires_ms = req.expires_at_ms
+        if expires_ms < 0 or (expires_ms and expires_ms * NS_PER_MS <= self.engine.now_ns()):
+            raise QuotaError("INVALID_ARGUMENT", "expires_at_ms must be 0 (never) or in the future",
+                             metadata={"field": "expires_at_ms"})
+        fp = fingerprint(amount, category, req.priority, expires_ms)
+        op = (C.OP_GRANT, account_id, grant_id, fp, amount, category, req.priority, expires_ms * NS_PER_MS)
+        result = await self.engine.submit(op, _grant_event(account_id, grant_id, amount, category))
+        if result[0] != C.OK:
+            raise from_core_status(result[0])
+        return apb.GrantResponse(lot_id=grant_id, available_after=result[1])
+
+    # ------------------------------------------------------------------ usage
+
+    def _window(self, req) -> tuple[str, int, int]:
+        account_id = check_id(req.account_id, "account_id")
+        if req.from_at_ms < 0 or req.to_at_ms < 0 or (req.to_at_ms and req.to_at_ms < req.from_at_ms):
+            raise QuotaError("INVALID_ARGUMENT", "from_at_ms and to_at_ms must be >= 0 and from <= to",
+                             metadata={"field": "to_at_ms"})
+        if self.engine.ledger.account_view(account_id, self.engine.now_ns()) is None:
+            raise from_core_status(C.ACCOUNT_NOT_FOUND)
+        return account_id, req.from_at_ms, req.to_at_ms
+
+    async def ListUsage(self, request, context):
+        try:
+            account_id, from_ms, to_ms = self._window(request)
+            if request.page_size < 0:
+                raise QuotaError("INVALID_ARGUMENT", "page_size must be >= 0", metadata={"field": "page_size"})
+            size = min(request.page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+            try:
+                rows, cursor = await self.engine.storage.list_usage(
+                    account_id, from_ms, to_ms, size, request.page_token or None
+                )
+            except InvalidCursor:
+                raise QuotaError("INVALID_ARGUMENT", "bad page_token", metadata={"field": "page_token"}) from None
+            return apb.ListUsageResponse(records=[_usage_record(row) for row in rows], next_page_token=cursor or "")
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def GetUsageSummary(self, request, context):
+        try:
+            account_id, from_ms, to_ms = self._window(request)
+            totals: dict[str, dict] = defaultdict(
+                lambda: {"count": 0, "quantities": defaultdict(int), "charged": 0, "uncharged": 0}
+            )
+            invoice_total = 0
+            # Only pay-as-you-go accounts (an overdraft, paid in arrears) are invoiced for usage;
+            # proto GetUsageSummaryResponse.invoice_total: "0 for prepaid accounts".
+            view = self.engine.ledger.account_view(account_id, self.engine.now_ns())
+            invoiced = view is not None and view["credit_limit"] > 0
+            async for row in self.engine.storage.iter_usage(account_id, from_ms, to_ms):
+                data = json.loads(row.payload)
+                entry = totals[data["action"]]
+                entry["count"] += 1
+                for name, value in data["quantities"].items():
+                    entry["quantities"][name] += value
+                entry["charged"] += data["amount_charged"]
+                entry["uncharged"] += data["amount_uncharged"]
+                invoice_total += data["amount_charged"]
+            return apb.GetUsageSummaryResponse(
+                actions=[
+                    apb.ActionUsage(action=action, count=e["count"], quantities=dict(e["quantities"]),
+                                    amount_charged=e["charged"], amount_uncharged=e["uncharged"])
+                    for action, e in sorted(totals.items())
+                ],
+                invoice_total=invoice_total if invoiced else 0,
+            )
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    # ------------------------------------------------------------------ events
+
+    async def WatchEvents(self, request, context):
+        try:
+            if request.account_id:
+                check_id(request.account_id, "account_id")
+            if request.after_event_id:
+                try:
+                    after = int(request.after_event_id)
+                except ValueError:
+                    raise QuotaError("INVALID_ARGUMENT", "after_event_id must be an event id from this server",
+                                     metadata={"field": "after_event_id"}) from None
+            else:
+                after = -1
+        except QuotaError as exc:
+            await abort_with(context, exc)
+            return
+        types = set(request.types)
+        account = request.account_id or None
+        if after < 0:  # no position given: only events from now on
+            after = (self.engine.seq + 1) * (1 << 16) - 1 if self.engine.seq else 0
+        while True:
+            rows = await self.engine.storage.read_events(after, 500, account)
+            for row in rows:
+                after = row.event_id
+                if types and row.type not in types:
+                    continue
+                yield apb.WatchEventsResponse(event=apb.Event(
+                    event_id=str(row.event_id), type=row.type, account_id=row.account_id, at_ms=row.at_ms,
+                    attributes=json.loads(row.payload) if row.payload else {},
+                ))
+            if len(rows) < 500:
+                async with self.engine.events_written:
+                    try:
+                        await asyncio.wait_for(self.engine.events_written.wait(), WATCH_POLL_S)
+                    except asyncio.TimeoutError:
+                        pass
+
+
+def _grant_event(account_id: str, grant_id: str, amount: int, category: int):
+    def derive(op, r, fresh, now_ms):
+        if not fresh:
+            return [], []
+        return [], [("credits.granted", account_id,
+                     {"grant_id": grant_id, "amount": str(amount), "category": str(category)})]
+    return derive
+
+
+def _usage_record(row) -> apb.UsageRecord:
+    data = json.loads(row.payload)
+    return apb.UsageRecord(
+        account_id=row.account_id, reservation_id=data["reservation_id"], charge_id=data["charge_id"],
+        action=data["action"], quantities=data["quantities"], amount_charged=data["amount_charged"],
+        amount_uncharged=data["amount_uncharged"], at_ms=row.at_ms, labels=data["labels"], late=data["late"],
+    )

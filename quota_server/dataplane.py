@@ -1,0 +1,509 @@
+"""QuotaService: decode and validate requests, submit ops to the engine, encode results.
+
+Each mutating RPC is split into `prepare_*` (validate, price, build the core op and its
+derived-data callback; may raise QuotaError) and `*_response` (result tuple -> proto), so that
+the unary RPCs and `Batch` share every line of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from _fastledger import codes as C
+from quota.v1 import quota_service_pb2 as pb
+from quota.v1 import quota_service_pb2_grpc as pb_grpc
+
+from .engine import Engine
+from .errors import QuotaError, from_core_status
+from .plans import Plan
+from .pricing import PriceCatalog, PricingError
+from .rpc import abort_with
+from .storage.base import UsageRow
+from .validate import (
+    check_action,
+    check_amount,
+    check_id,
+    check_labels,
+    check_quantities,
+    check_ttl_ms,
+    fingerprint,
+    sorted_items,
+)
+
+NS_PER_MS = 1_000_000
+EXPIRE_ACTIONS = {0: C.EXPIRE_RELEASE, 1: C.EXPIRE_RELEASE, 2: C.EXPIRE_COMMIT}
+
+
+def _ms(ns: int) -> int:
+    return ns // NS_PER_MS if ns > 0 else 0
+
+
+class Prepared:
+    """A validated mutation: the core op, its usage/event callback, and the response builder.
+
+    `op` None means the answer is already known (a denial judged without the core); `respond`
+    then gets None.
+    """
+
+    __slots__ = ("op", "derive", "respond")
+
+    def __init__(self, op: tuple | None, derive, respond: Callable[[tuple], Any]) -> None:
+        self.op = op
+        self.derive = derive
+        self.respond = respond
+
+
+class DataPlane:
+    """The request logic of QuotaService, independent of the transport."""
+
+    def __init__(self, *, engine: Engine, config) -> None:
+        self.engine = engine
+        self.config = config
+        self.plans = config.plans
+        self.prices: PriceCatalog = config.prices
+        self.hold_ttl_ms = config.defaults.hold_ttl_ms
+        self.hold_ttl_max_ms = config.defaults.hold_ttl_max_ms
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def _plan_of(self, account_id: str) -> Plan | None:
+        view = self.engine.ledger.account_view(account_id, self.engine.now_ns())
+        if view is None:
+            return None
+        return self.plans.get(view["plan_id"])
+
+    def _price(self, action: str, amount: int, quantities: dict[str, int], *, field: str = "amount") -> int:
+        """The amount of a call: `amount` if given (it overrides the catalog), else the price."""
+        if amount:
+            return check_amount(amount, field)
+        if amount < 0:
+            return check_amount(amount, field)
+        if not action:
+            raise QuotaError("INVALID_AMOUNT", f"{field} must be in 1..{C.AMOUNT_MAX} when no action prices the call",
+                             metadata={"field": field})
+        try:
+            return self.prices.price(action, quantities)
+        except PricingError as exc:
+            raise QuotaError(exc.reason, str(exc), metadata={"action": action}) from None
+
+    def _gate(self, plan: Plan | None, action: str, quantities: dict[str, int]) -> tuple[bool, tuple]:
+        """(feature_allowed, bucket specs) for `action` under `plan`."""
+        if plan is None:
+            return True, ()
+        allowed = not action or plan.allows(action)
+        buckets = tuple(
+            (lim.name, lim.capacity, lim.refill_amount, lim.refill_period_ms * NS_PER_MS, lim.cost_of(quantities))
+            for lim in plan.limits_for(action)
+        )
+        return allowed, buckets
+
+    @staticmethod
+    def _meta(action: str, frozen_price: bytes, labels: dict[str, str]) -> bytes:
+        meta = {"a": action}
+        if frozen_price:
+            meta["p"] = frozen_price.hex()
+        encoded = json.dumps(meta, separators=(",", ":")).encode()
+        if labels:
+            with_labels = json.dumps({**meta, "l": labels}, separators=(",", ":")).encode()
+            if len(with_labels) <= C.META_BYTES_MAX:
+                return with_labels
+        return encoded
+
+    # ------------------------------------------------------------------ reserve
+
+    def prepare_reserve(self, req: pb.ReserveRequest) -> Prepared:
+        account_id = check_id(req.account_id, "account_id")
+        reservation_id = check_id(req.reservation_id, "reservation_id")
+        action = check_action(req.action)
+        quantities = check_quantities(req.quantities)
+        labels = check_labels(req.labels)
+        amount = self._price(action, req.amount, quantities)
+        ttl_ms = check_ttl_ms(req.ttl_ms, "ttl_ms", default_ms=self.hold_ttl_ms, max_ms=self.hold_ttl_max_ms)
+        min_amount = req.min_amount
+        if not 0 <= min_amount <= C.AMOUNT_MAX:
+            check_amount(min_amount, "min_amount")
+        on_expire = EXPIRE_ACTIONS.get(req.on_expire)
+        if on_expire is None:
+            raise QuotaError("INVALID_ARGUMENT", f"unknown on_expire {req.on_expire}", metadata={"field": "on_expire"})
+        plan = self._plan_of(account_id)
+        allowed, buckets = self._gate(plan, action, quantities)
+        frozen = self.prices.freeze(action) if action and action in self.prices else b""
+        fp = fingerprint(
+            req.amount, action, sorted_items(quantities), req.ttl_ms, req.allow_partial, min_amount,
+            on_expire, sorted_items(labels),
+        )
+        op = (
+            C.OP_RESERVE, account_id, reservation_id, fp, amount, req.allow_partial, min_amount,
+            ttl_ms * NS_PER_MS, on_expire, allowed, buckets, self._meta(action, frozen, labels),
+        )
+        return Prepared(op, None, lambda r: self.reserve_response(reservation_id, r))
+
+    @staticmethod
+    def reserve_response(reservation_id: str, r: tuple) -> pb.ReserveResponse:
+        if r[0] != C.OK:
+            raise from_core_status(r[0])
+        return pb.ReserveResponse(
+            decision=r[1], reservation_id=reservation_id, amount_held=r[2], available_after=r[3],
+            expires_at_ms=_ms(r[4]), retry_after_ms=-(-r[5] // NS_PER_MS), limit_name=r[6],
+        )
+
+    # ------------------------------------------------------------------ commit
+
+    def prepare_commit(self, req: pb.CommitRequest) -> Prepared:
+        account_id = check_id(req.account_id, "account_id")
+        reservation_id = check_id(req.reservation_id, "reservation_id")
+        quantities = check_quantities(req.quantities)
+        labels = check_labels(req.labels)
+        has_amount = req.HasField("amount")
+        view = self.engine.ledger.reservation_view(account_id, reservation_id)
+        meta = _decode_meta(view["meta"]) if view is not None else {}
+        action = meta.get("a", "")
+        if has_amount:
+            amount = check_amount(req.amount, "amount", allow_zero=True)
+        elif quantities:
+            if view is None:
+                raise from_core_status(C.RESERVATION_NOT_FOUND)
+            if "p" not in meta:
+                raise QuotaError("INVALID_ARGUMENT",
+                                 "commit by quantities needs a reservation priced by an action; give amount",
+                                 metadata={"field": "quantities"})
+            amount = PriceCatalog.price_frozen(bytes.fromhex(meta["p"]), quantities)
+        else:
+            amount = -1
+        bucket_costs: tuple = ()
+        if quantities and action:
+            plan = self._plan_of(account_id)
+            if plan is not None:
+                bucket_costs = tuple(
+                    (lim.name, lim.cost_of(quantities))
+                    for lim in plan.limits_for(action) if lim.cost != "requests"
+                )
+        fp = fingerprint(req.amount if has_amount else None, sorted_items(quantities), sorted_items(labels))
+        op = (C.OP_COMMIT, account_id, reservation_id, fp, amount, bucket_costs)
+        usage_labels = {**meta.get("l", {}), **labels}  # the commit's labels merged over the reserve's
+
+        def derive(op, r, fresh, now_ms):
+            if not fresh:
+                return [], []
+            row = _usage_row(account_id, now_ms, reservation_id=reservation_id, action=action,
+                             quantities=quantities, charged=r[1], uncharged=r[3], labels=usage_labels, late=r[5])
+            return [row], _credit_events(account_id, r[4], r[3])
+
+        return Prepared(op, derive, self.commit_response)
+
+    @staticmethod
+    def commit_response(r: tuple) -> pb.CommitResponse:
+        if r[0] != C.OK:
+            raise from_core_status(r[0])
+        return pb.CommitResponse(
+            amount_charged=r[1], amount_released=r[2], amount_uncharged=r[3], available_after=r[4], late=r[5],
+        )
+
+    # ------------------------------------------------------------------ release and extend
+
+    def prepare_release(self, req: pb.ReleaseRequest) -> Prepared:
+        account_id = check_id(req.account_id, "account_id")
+        reservation_id = check_id(req.reservation_id, "reservation_id")
+        return Prepared((C.OP_RELEASE, account_id, reservation_id), None, self.release_response)
+
+    @staticmethod
+    def release_response(r: tuple) -> pb.ReleaseResponse:
+        if r[0] != C.OK:
+            raise from_core_status(r[0])
+        return pb.ReleaseResponse(amount_released=r[1], available_after=r[2])
+
+    def prepare_extend(self, req: pb.ExtendRequest) -> Prepared:
+        account_id = check_id(req.account_id, "account_id")
+        reservation_id = check_id(req.reservation_id, "reservation_id")
+        if req.hold_total:
+            check_amount(req.hold_total, "hold_total")
+        elif req.hold_total < 0:
+            check_amount(req.hold_total, "hold_total")
+        # ttl_ms 0 means [defaults] hold_ttl_ms, as in Reserve (proto ExtendRequest.ttl_ms).
+        ttl_ms = check_ttl_ms(req.ttl_ms, "ttl_ms", default_ms=self.hold_ttl_ms, max_ms=self.hold_ttl_max_ms)
+        denied = self._extend_suspended(account_id, reservation_id)
+        if denied is not None:
+            return Prepared(None, None, lambda r: denied)
+        op = (C.OP_EXTEND, account_id, reservation_id, req.hold_total, ttl_ms * NS_PER_MS)
+        return Prepared(op, None, self.extend_response)
+
+    def _extend_suspended(self, account_id: str, reservation_id: str) -> pb.ExtendResponse | None:
+        """The denial of an Extend of an open hold on a suspended account, else None.
+
+        enums.proto: "every reserve, charge and extension is denied with
+        DECISION_ACCOUNT_SUSPENDED"; the core's EXTEND has no suspension check, so the data plane
+        answers it here and the hold stays exactly as it was. Holds that are not open go to the core
+        for their usual error.
+        """
+        ledger = self.engine.ledger
+        now_ns = self.engine.now_ns()
+        view = ledger.account_view(account_id, now_ns)
+        if view is None or view["status"] != C.ACCOUNT_SUSPENDED:
+            return None
+        res = ledger.reservation_view(account_id, reservation_id)
+        if res is None or res["state"] != C.RES_HELD or res["expires_ns"] <= now_ns:
+            return None
+        return pb.ExtendResponse(decision=C.DECISION_ACCOUNT_SUSPENDED, amount_held=res["amount_held"],
+                                 expires_at_ms=_ms(res["expires_ns"]), available_after=view["available"])
+
+    @staticmethod
+    def extend_response(r: tuple) -> pb.ExtendResponse:
+        if r[0] != C.OK:
+            if r[0] == C.INVALID_AMOUNT:
+                raise QuotaError("INVALID_AMOUNT", "hold_total is below the current hold",
+                                 metadata={"field": "hold_total"})
+            raise from_core_status(r[0])
+        return pb.ExtendResponse(decision=r[1], amount_held=r[2], expires_at_ms=_ms(r[3]), available_after=r[4])
+
+    # ------------------------------------------------------------------ charge
+
+    def prepare_charge(self, req: pb.ChargeRequest) -> Prepared:
+        account_id = check_id(req.account_id, "account_id")
+        charge_id = check_id(req.charge_id, "charge_id")
+        action = check_action(req.action)
+        quantities = check_quantities(req.quantities)
+        labels = check_labels(req.labels)
+        amount = self._price(action, req.amount, quantities)
+        allowed, buckets = self._gate(self._plan_of(account_id), action, quantities)
+        fp = fingerprint(req.amount, action, sorted_items(quantities), sorted_items(labels))
+        op = (C.OP_CHARGE, account_id, charge_id, fp, amount, allowed, buckets)
+
+        def derive(op, r, fresh, now_ms):
+            if not fresh or r[1] != C.DECISION_OK:
+                return [], []
+            row = _usage_row(account_id, now_ms, charge_id=charge_id, action=action, quantities=quantities,
+                             charged=r[2], uncharged=0, labels=labels, late=False)
+            return [row], _credit_events(account_id, r[3], 0)
+
+        return Prepared(op, derive, self.charge_response)
+
+    @staticmethod
+    def charge_response(r: tuple) -> pb.ChargeResponse:
+        if r[0] != C.OK:
+            raise from_core_status(r[0])
+        return pb.ChargeResponse(
+            decision=r[1], amount_charged=r[2], available_after=r[3],
+            retry_after_ms=-(-r[4] // NS_PER_MS), limit_name=r[5],
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def check(self, req: pb.CheckRequest) -> pb.CheckResponse:
+        account_id = check_id(req.account_id, "account_id")
+        action = check_action(req.action)
+        quantities = check_quantities(req.quantities)
+        amount = self._price(action, req.amount, quantities)
+        allowed, buckets = self._gate(self._plan_of(account_id), action, quantities)
+        r = self.engine.read((C.OP_CHECK, account_id, amount, allowed, buckets))
+        if r[0] != C.OK:
+            raise from_core_status(r[0])
+        return pb.CheckResponse(decision=r[1], available=r[2], retry_after_ms=-(-r[3] // NS_PER_MS), limit_name=r[4])
+
+    def quote(self, req: pb.QuoteRequest) -> pb.QuoteResponse:
+        if req.account_id:
+            check_id(req.account_id, "account_id")
+            if self.engine.ledger.account_view(req.account_id, self.engine.now_ns()) is None:
+                raise from_core_status(C.ACCOUNT_NOT_FOUND)
+        action = check_action(req.action)
+        if not action:
+            raise QuotaError("INVALID_ARGUMENT", "action is required", metadata={"field": "action"})
+        quantities = check_quantities(req.quantities)
+        try:
+            quote = self.prices.quote(action, quantities)
+        except PricingError as exc:
+            raise QuotaError(exc.reason, str(exc), metadata={"action": action}) from None
+        price = self.prices.price_of(action)
+        lines = []
+        for line in quote.lines:
+            if line.quantity_name:
+                lines.append(pb.QuoteLine(
+                    kind=2, quantity_name=line.quantity_name, quantity=line.quantity,
+                    per_1000=line.unit_price, margin_percent=price.margin_percent, amount=line.amount,
+                ))
+            else:
+                lines.append(pb.QuoteLine(
+                    kind=1, fixed_amount=line.unit_price, quantity=line.quantity,
+                    margin_percent=price.margin_percent, amount=line.amount,
+                ))
+        return pb.QuoteResponse(amount=quote.amount, price_version=quote.price_version, lines=lines)
+
+    def get_balance(self, req: pb.GetBalanceRequest) -> pb.GetBalanceResponse:
+        account_id = check_id(req.account_id, "account_id")
+        ledger = self.engine.ledger
+        now_ns = self.engine.now_ns()
+        view = ledger.account_view(account_id, now_ns)
+        if view is None:
+            raise from_core_status(C.ACCOUNT_NOT_FOUND)
+        lots = ledger.lots_view(account_id, now_ns)
+        resp = pb.GetBalanceResponse(
+            available=view["available"], held=view["held"], balance=view["balance"],
+            credit_limit=view["credit_limit"], plan_id=view["plan_id"], status=view["status"],
+            lots=[
+                pb.Lot(lot_id=lot["lot_id"], category=lot["category"], remaining=lot["remaining"],
+                       priority=lot["priority"], expires_at_ms=_ms(lot["expires_ns"]))
+                for lot in lots
+            ],
+            limits=[
+                pb.LimitState(name=b["name"], remaining=b["tokens"], capacity=b["capacity"],
+                              reset_after_ms=-(-b["reset_after_ns"] // NS_PER_MS))
+                for b in ledger.buckets_view(account_id, now_ns)
+            ],
+        )
+        plan = self.plans.get(view["plan_id"])
+        if plan is not None:
+            start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
+            included_lot = included_grant_id(plan.name, start_ms)
+            remaining = sum(lot["remaining"] for lot in lots if lot["lot_id"] == included_lot)
+            granted = plan.included_credits if any(lot["lot_id"] == included_lot for lot in lots) else 0
+            resp.period.CopyFrom(pb.BillingPeriod(
+                start_at_ms=start_ms, end_at_ms=end_ms, included=plan.included_credits,
+                used=max(0, granted - remaining),
+            ))
+        return resp
+
+
+def included_grant_id(plan_id: str, period_start_ms: int) -> str:
+    """The grant id of a plan's included credits for one period (idempotent per period)."""
+    return f"included:{plan_id}:{period_start_ms}"
+
+
+def _decode_meta(meta: bytes) -> dict:
+    if not meta:
+        return {}
+    try:
+        return json.loads(meta)
+    except ValueError:
+        return {}
+
+
+def _usage_row(account_id: str, at_ms: int, *, reservation_id: str = "", charge_id: str = "", action: str,
+               quantities: dict, charged: int, uncharged: int, labels: dict, late: bool) -> UsageRow:
+    payload = {
+        "reservation_id": reservation_id, "charge_id": charge_id, "action": action,
+        "quantities": quantities, "amount_charged": charged, "amount_uncharged": uncharged,
+        "labels": labels, "late": late,
+    }
+    return UsageRow(account_id=account_id, at_ms=at_ms, payload=json.dumps(payload, separators=(",", ":")).encode())
+
+
+def _credit_events(account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
+    events = []
+    if uncharged:
+        events.append(("usage.uncollected", account_id, {"amount_uncharged": str(uncharged)}))
+    if available_after <= 0:
+        events.append(("balance.depleted", account_id, {"available": str(available_after)}))
+    return events
+
+
+class QuotaServicer(pb_grpc.QuotaServiceServicer):
+    """The gRPC face of DataPlane. Method names are the proto's."""
+
+    def __init__(self, dataplane: DataPlane, *, max_batch_ops: int) -> None:
+        self.dp = dataplane
+        self.engine = dataplane.engine
+        self.max_batch_ops = max_batch_ops
+
+    async def _mutate(self, prepare, request, context):
+        try:
+            prepared = prepare(request)
+            result = await self.engine.submit(prepared.op, prepared.derive) if prepared.op is not None else None
+            return prepared.respond(result)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def Reserve(self, request, context):
+        return await self._mutate(self.dp.prepare_reserve, request, context)
+
+    async def Commit(self, request, context):
+        return await self._mutate(self.dp.prepare_commit, request, context)
+
+    async def Release(self, request, context):
+        return await self._mutate(self.dp.prepare_release, request, context)
+
+    async def Extend(self, request, context):
+        return await self._mutate(self.dp.prepare_extend, request, context)
+
+    async def Charge(self, request, context):
+        return await self._mutate(self.dp.prepare_charge, request, context)
+
+    async def _read(self, fn, request, context):
+        try:
+            return fn(request)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def Check(self, request, context):
+        return await self._read(self.dp.check, request, context)
+
+    async def Quote(self, request, context):
+        return await self._read(self.dp.quote, request, context)
+
+    async def GetBalance(self, request, context):
+        return await self._read(self.dp.get_balance, request, context)
+
+    async def Batch(self, request, context):
+        try:
+            if len(request.ops) > self.max_batch_ops:
+                raise QuotaError("INVALID_ARGUMENT", f"a batch holds at most {self.max_batch_ops} ops",
+                                 metadata={"field": "ops"})
+            return await run_batch(self.dp, request)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+
+_BATCH_MUTATIONS = {
+    "reserve": "prepare_reserve",
+    "commit": "prepare_commit",
+    "release": "prepare_release",
+    "extend": "prepare_extend",
+    "charge": "prepare_charge",
+}
+_BATCH_READS = {"check": "check", "quote": "quote", "get_balance": "get_balance"}
+
+
+async def run_batch(dp: DataPlane, request: pb.BatchRequest) -> pb.BatchResponse:
+    """Validate every op, submit the mutations together, then answer each op in order.
+
+    Items are independent: one item's error is that item's result. Reads run after the batch's
+    mutations are durable, so they see them.
+    """
+    slots: list[tuple[str, Any]] = []  # (kind, Prepared | request | QuotaError)
+    submit: list[tuple[tuple, Any]] = []
+    for item in request.ops:
+        kind = item.WhichOneof("op")
+        payload = getattr(item, kind) if kind else None
+        try:
+            if kind in _BATCH_MUTATIONS:
+                prepared = getattr(dp, _BATCH_MUTATIONS[kind])(payload)
+                if prepared.op is not None:  # None: answered without the core (see prepare_extend)
+                    submit.append((prepared.op, prepared.derive))
+                slots.append((kind, prepared))
+            elif kind in _BATCH_READS:
+                slots.append((kind, payload))
+            else:
+                raise QuotaError("INVALID_ARGUMENT", "a batch op must set one operation", metadata={"field": "ops"})
+        except QuotaError as exc:
+            slots.append(("error", exc))
+    results = iter(await dp.engine.submit_many(submit) if submit else [])
+    out = []
+    for kind, value in slots:
+        try:
+            if kind == "error":
+                raise value
+            if kind in _BATCH_MUTATIONS:
+                result = next(results) if value.op is not None else None
+                out.append(pb.BatchResult(**{kind: value.respond(result)}))
+            else:
+                out.append(pb.BatchResult(**{kind: getattr(dp, _BATCH_READS[kind])(value)}))
+        except QuotaError as exc:
+            out.append(pb.BatchResult(error=pb.BatchError(
+                code=exc.code.value[0], message=exc.message, reason=exc.reason, metadata=exc.metadata,
+            )))
+    return pb.BatchResponse(results=out)
+
+
+__all__ = ["DataPlane", "QuotaServicer", "included_grant_id", "run_batch", "grpc"]

@@ -1,0 +1,380 @@
+"""The engine: the only code that touches the core.
+
+RPC handlers submit op tuples; the engine groups whatever arrived while the previous write was
+in flight into the next batch, applies it to the core in one synchronous step, persists the
+batch's journal record (plus its usage rows and events) in one storage write, and only then
+resolves the waiting handlers. At most one write is in flight; the queue is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import _fastledger
+from _fastledger import codes as C
+
+from .errors import Overloaded, ShuttingDown, Unavailable
+from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageRow
+
+log = logging.getLogger("quota.engine")
+
+# An extra given with an op: called with (op, result, fresh, now_ms) after apply, it returns
+# the usage rows and events the op produced (derived data persisted in the same write).
+Derive = Callable[[tuple, tuple, bool, int], tuple[list[UsageRow], list[tuple[str, str, dict]]]]
+
+EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and increasing
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions:
+    """Tunables of the engine (see docs/configuration.md)."""
+
+    retention_ns: int = 86_400 * 10**9
+    max_queue: int = 100_000
+    max_batch: int = 16_384
+    sweep_max_items: int = 1_000
+    sweep_interval_ms: int = 250
+    snapshot_every_records: int = 20_000
+    lease_ttl_ms: int = 10_000
+    retry_backoff_min_ms: int = 5
+    retry_backoff_max_ms: int = 500
+
+
+class _Pending:
+    __slots__ = ("op", "future", "derive")
+
+    def __init__(self, op: tuple, future: asyncio.Future, derive: Derive | None) -> None:
+        self.op = op
+        self.future = future
+        self.derive = derive
+
+
+class Engine:
+    """Owns the ledger; batches, applies and persists operations in order."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        owner: str,
+        options: EngineOptions = EngineOptions(),
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.storage = storage
+        self.owner = owner
+        self.options = options
+        self._clock_ns = clock_ns
+        self._last_now_ns = 0
+        self.ledger: Any = None
+        self.epoch = 0
+        self.seq = 0
+        self._snapshot_seq = 0
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._snapshot_task: asyncio.Task | None = None
+        self._accepting = False
+        self._running = False
+        self.storage_down = False
+        self.fatal: BaseException | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.events_written = asyncio.Condition()
+        self.on_health_change: Callable[[bool], None] | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Take the lease, recover the ledger from storage, start the flush loop."""
+        self.epoch = await self.storage.acquire_lease(self.owner, self.options.lease_ttl_ms)
+        recovered = await self.storage.load()
+        retention = self.options.retention_ns
+        if recovered.snapshot:
+            self.ledger = _fastledger.Ledger.from_snapshot(recovered.snapshot, retention_ns=retention)
+        else:
+            self.ledger = _fastledger.Ledger(retention_ns=retention)
+        for _, record in recovered.records:
+            self.ledger.replay(record)
+        self.seq = recovered.last_seq
+        self._snapshot_seq = recovered.snapshot_seq
+        self._running = True
+        self._accepting = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._flush_loop(), name="quota-flush"),
+            loop.create_task(self._sweep_loop(), name="quota-sweep"),
+            loop.create_task(self._lease_loop(), name="quota-lease"),
+        ]
+        log.info(
+            "recovered seq=%d (snapshot %d + %d records), epoch=%d",
+            self.seq, recovered.snapshot_seq, len(recovered.records), self.epoch,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, finish and persist in-flight work, release the lease."""
+        self._accepting = False
+        if self._running and self.fatal is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain(), timeout=30)
+        self._running = False
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown())
+        self._pending.clear()
+        if self.fatal is None and self.epoch:
+            with contextlib.suppress(Exception):
+                await self.storage.release_lease(self.epoch)
+
+    async def _drain(self) -> None:
+        while self._pending or not self._idle.is_set():
+            await self._idle.wait()
+            if self._pending:
+                await asyncio.sleep(0)
+
+    def now_ns(self) -> int:
+        """The engine's clock: wall time, never going backwards."""
+        now = self._clock_ns()
+        if now < self._last_now_ns:
+            now = self._last_now_ns
+        self._last_now_ns = now
+        return now
+
+    # ------------------------------------------------------------------ submitting
+
+    def _check_accepting(self) -> None:
+        if self.fatal is not None or not self._accepting:
+            raise ShuttingDown()
+        if self.storage_down:
+            raise Unavailable()
+
+    async def submit(self, op: tuple, derive: Derive | None = None) -> tuple:
+        """Apply one mutation; returns its result once it is durable."""
+        self._check_accepting()
+        if len(self._pending) >= self.options.max_queue:
+            raise Overloaded()
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(op, future, derive))
+        self._wake.set()
+        return await future
+
+    async def submit_many(self, items: list[tuple[tuple, Derive | None]]) -> list[tuple]:
+        """Apply several mutations (Batch); results in order, each once durable."""
+        self._check_accepting()
+        if len(self._pending) + len(items) > self.options.max_queue:
+            raise Overloaded()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for op, derive in items:
+            future = loop.create_future()
+            self._pending.append(_Pending(op, future, derive))
+            futures.append(future)
+        self._wake.set()
+        return list(await asyncio.gather(*futures))
+
+    def read(self, op: tuple) -> tuple:
+        """Apply a non-mutating op (CHECK) at once, outside the write path.
+
+        Time-driven changes it triggers (lots expiring) ride along with the next flush.
+        """
+        if self.fatal is not None:
+            raise ShuttingDown()
+        return self.ledger.apply([op], self.now_ns())[0]
+
+    # ------------------------------------------------------------------ the write path
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._running:
+                if not self._pending:
+                    self._idle.set()
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                self._idle.clear()
+                await self._flush_once()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a broken invariant or a lost lease: stop serving
+            self._die(exc)
+
+    async def _flush_once(self) -> None:
+        batch = self._pending[: self.options.max_batch]
+        del self._pending[: len(batch)]
+        try:
+            await self._flush_batch(batch)
+        except BaseException:
+            # Lost lease or broken invariant: these callers get no answer but "shutting down".
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDown())
+            raise
+        self._maybe_snapshot()
+
+    async def _flush_batch(self, batch: list[_Pending]) -> None:
+        now_ns = self.now_ns()
+        now_ms = now_ns // 1_000_000
+        ops = [(C.OP_EXPIRE, self.options.sweep_max_items)]
+        fresh_flags = self._fresh_flags(batch)
+        ops.extend(item.op for item in batch)
+        results = self.ledger.apply(ops, now_ns)
+        record = self.ledger.take_journal()
+        usage: list[UsageRow] = []
+        events: list[EventRow] = []
+        event_specs: list[tuple[str, str, dict]] = []
+        for item, result, fresh in zip(batch, results[1:], fresh_flags):
+            if item.derive is not None and result[0] == C.OK:
+                rows, evs = item.derive(item.op, result, fresh, now_ms)
+                usage.extend(rows)
+                event_specs.extend(evs)
+        if record:
+            seq = self.seq + 1
+            for index, (etype, account_id, attrs) in enumerate(event_specs):
+                events.append(
+                    EventRow(
+                        event_id=seq * EVENTS_PER_SEQ + index + 1,
+                        account_id=account_id,
+                        type=etype,
+                        at_ms=now_ms,
+                        payload=_encode_attrs(attrs),
+                    )
+                )
+            await self._persist(seq, record, usage, events)
+        for item, result in zip(batch, results[1:]):
+            if not item.future.done():
+                item.future.set_result(result)
+        if events:
+            async with self.events_written:
+                self.events_written.notify_all()
+
+    def _fresh_flags(self, batch: list[_Pending]) -> list[bool]:
+        """Whether each commit/charge is a first execution (not an idempotent replay).
+
+        Only a first execution produces usage rows; decided from the state before apply, and a
+        second op on the same id in the same batch is a replay.
+        """
+        seen: set[tuple] = set()
+        flags = []
+        ledger = self.ledger
+        for item in batch:
+            op = item.op
+            code = op[0]
+            fresh = False
+            if code == C.OP_COMMIT:
+                key = (code, op[1], op[2])
+                if key not in seen:
+                    view = ledger.reservation_view(op[1], op[2]) if isinstance(op[1], str) else None
+                    fresh = view is not None and view["state"] in (C.RES_HELD, C.RES_EXPIRED)
+                    seen.add(key)
+            elif code == C.OP_CHARGE or code == C.OP_GRANT:
+                key = (code, op[1], op[2])
+                if key not in seen:
+                    has = ledger.has_charge if code == C.OP_CHARGE else ledger.has_grant
+                    fresh = isinstance(op[1], str) and isinstance(op[2], str) and not has(op[1], op[2])
+                    seen.add(key)
+            else:
+                fresh = True
+            flags.append(fresh)
+        return flags
+
+    async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
+        """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile."""
+        backoff_ms = self.options.retry_backoff_min_ms
+        while True:
+            try:
+                await self.storage.append(self.epoch, seq, record, usage, events)
+            except StorageUnavailable as exc:
+                if not self.storage_down:
+                    log.warning("storage unavailable, retrying the pending batch: %s", exc)
+                    self._set_storage_down(True)
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(backoff_ms * 2, self.options.retry_backoff_max_ms)
+                continue
+            except Fenced:
+                raise
+            self.seq = seq
+            if self.storage_down:
+                log.warning("storage is back")
+                self._set_storage_down(False)
+            return
+
+    def _set_storage_down(self, down: bool) -> None:
+        self.storage_down = down
+        if self.on_health_change is not None:
+            self.on_health_change(not down)
+
+    def _maybe_snapshot(self) -> None:
+        if self.seq - self._snapshot_seq < self.options.snapshot_every_records:
+            return
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        blob = self.ledger.snapshot()  # the state after record self.seq, taken synchronously
+        seq = self.seq
+        self._snapshot_seq = seq
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot(seq, blob))
+
+    async def _write_snapshot(self, seq: int, blob: bytes) -> None:
+        try:
+            await self.storage.write_snapshot(self.epoch, seq, blob)
+        except Fenced as exc:
+            self._die(exc)
+        except Exception as exc:  # the journal still has everything; try again later
+            log.warning("snapshot at seq %d failed: %s", seq, exc)
+            self._snapshot_seq = min(self._snapshot_seq, seq - self.options.snapshot_every_records)
+
+    # ------------------------------------------------------------------ background duties
+
+    async def _sweep_loop(self) -> None:
+        """Expire holds and lots and purge old idempotency records even when nobody calls."""
+        interval = self.options.sweep_interval_ms / 1000
+        while self._running:
+            await asyncio.sleep(interval)
+            if not self._pending and self._idle.is_set() and self._accepting and not self.storage_down:
+                self._pending.append(_Pending((C.OP_EXPIRE, 0), asyncio.get_running_loop().create_future(), None))
+                self._wake.set()
+
+    async def _lease_loop(self) -> None:
+        interval = self.options.lease_ttl_ms / 3000
+        while self._running:
+            await asyncio.sleep(interval)
+            try:
+                await self.storage.renew_lease(self.epoch, self.options.lease_ttl_ms)
+            except StorageUnavailable as exc:
+                log.warning("lease renewal failed (storage unavailable): %s", exc)
+            except Fenced as exc:
+                self._die(exc)
+                return
+
+    def _die(self, exc: BaseException) -> None:
+        if self.fatal is not None:
+            return
+        self.fatal = exc
+        self._accepting = False
+        log.critical("engine stopped serving: %r", exc)
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown())
+        self._pending.clear()
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+
+def _encode_attrs(attrs: dict[str, str]) -> bytes:
+    import json
+
+    return json.dumps(attrs, separators=(",", ":"), sort_keys=True).encode()

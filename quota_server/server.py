@@ -1,0 +1,168 @@
+"""Assemble and run the server: storage → lease → recovery → gRPC → health SERVING.
+
+Shutdown (SIGTERM/SIGINT): health NOT_SERVING → stop accepting RPCs → finish and persist
+in-flight work → release the lease → exit 0. A lost lease or a broken invariant stops serving
+at once and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2, quota_service_pb2_grpc
+
+from .admin import AdminServicer
+from .dataplane import DataPlane, QuotaServicer
+from .engine import Engine, EngineOptions
+from .storage import LeaseHeld, Storage, storage_from_url
+
+log = logging.getLogger("quota.server")
+
+SERVICE_NAMES = (
+    quota_service_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+LEASE_WAIT_POLL_S = 0.5
+
+
+class StartupError(Exception):
+    """The server cannot start (port taken, data owned by another live server, ...)."""
+
+
+def make_storage(config) -> Storage:
+    url = config.storage.url
+    options = {}
+    if url.scheme in ("redis", "rediss"):
+        options["op_timeout_ms"] = config.storage.timeout_ms
+    return storage_from_url(url.url, **options)
+
+
+def engine_options(config) -> EngineOptions:
+    return EngineOptions(
+        retention_ns=config.defaults.idempotency_retention_ms * 1_000_000,
+        max_queue=config.server.max_queue,
+        max_batch=config.server.flush_max_ops,
+        snapshot_every_records=config.storage.snapshot_every_records,
+        lease_ttl_ms=config.storage.lease_ttl_ms,
+    )
+
+
+class QuotaServer:
+    """One server process: owns its storage lease and serves both gRPC services."""
+
+    def __init__(self, config, *, clock_ns=time.time_ns) -> None:
+        """`clock_ns` is injectable so in-process tests can drive expiry with a manual clock."""
+        self.config = config
+        self.storage = make_storage(config)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.engine = Engine(storage=self.storage, owner=owner, options=engine_options(config), clock_ns=clock_ns)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.grpc_server: grpc.aio.Server | None = None
+        self.port = 0
+        self.stopped = asyncio.Event()
+        self.exit_code = 0
+
+    async def start(self) -> None:
+        await self.storage.open()
+        warning = await self.storage.check_durability()
+        if warning:
+            log.warning("%s", warning)
+        await self._start_engine()
+        max_bytes = self.config.server.max_message_bytes
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ])
+        dataplane = DataPlane(engine=self.engine, config=self.config)
+        quota_service_pb2_grpc.add_QuotaServiceServicer_to_server(
+            QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), server
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(engine=self.engine, config=self.config), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        try:
+            self.port = server.add_insecure_port(self.config.server.listen)
+        except RuntimeError as exc:
+            self.port = 0
+            err = exc
+        else:
+            err = None
+        if not self.port:
+            await self.engine.stop()
+            await self.storage.close()
+            raise StartupError(f"server.listen: cannot listen on {self.config.server.listen} ({err or 'port in use'})")
+        await server.start()
+        self.grpc_server = server
+        self.engine.on_health_change = self._set_serving
+        self.engine.on_fatal = self._on_fatal
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (storage %s)", self.config.server.listen, self.config.storage.url.redacted())
+
+    async def _start_engine(self) -> None:
+        while True:
+            try:
+                await self.engine.start()
+                return
+            except LeaseHeld as exc:
+                if self.config.storage.on_lease_held != "wait":
+                    await self.storage.close()
+                    raise StartupError(f"storage.url: the data is owned by another live server ({exc})") from None
+                log.info("lease held by another server; waiting")
+                await asyncio.sleep(LEASE_WAIT_POLL_S)
+
+    async def _set_all(self, status) -> None:
+        for name in ("",) + SERVICE_NAMES:
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        asyncio.get_running_loop().create_task(self._set_all(status))
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        log.critical("stopping: %r", exc)
+        self.exit_code = 2
+        asyncio.get_running_loop().create_task(self.stop())
+
+    async def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.grpc_server is not None:
+            # Stop taking RPCs; the ones in flight finish (their ops get persisted) within grace.
+            await self.grpc_server.stop(self.config.server.grace_period_ms / 1000)
+        await self.engine.stop()
+        await self.storage.close()
+
+    async def wait(self) -> None:
+        await self.stopped.wait()
+        if self.grpc_server is not None:
+            await self.grpc_server.wait_for_termination()
+
+
+async def run(config) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal engine error (exit 2)."""
+    server = QuotaServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
+    await server.wait()
+    return server.exit_code
