@@ -144,8 +144,12 @@ def parse_storage_url(url: str) -> StorageUrl:
     """Parse a storage url; ValueError says what is wrong with it."""
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in ("sqlite", "redis", "rediss"):
-        raise ValueError("must start with sqlite://, redis:// or rediss://")
+    if not sep or scheme not in ("sqlite", "redis", "rediss", "memory"):
+        raise ValueError("must start with sqlite://, redis:// or rediss:// (or memory:// for benchmarks)")
+    if scheme == "memory":
+        if rest:
+            raise ValueError('memory storage takes no path: use "memory://"')
+        return StorageUrl(url=url, scheme="memory")
     if scheme == "sqlite":
         return _parse_sqlite_url(url, rest)
     return _parse_redis_url(url, scheme)

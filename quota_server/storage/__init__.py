@@ -58,6 +58,10 @@ def storage_from_url(url: str, **options: Any) -> Storage:
     """Build (not open) the backend that ``url`` names; ``options`` go to its constructor
     as keyword arguments (e.g. ``op_timeout_ms`` for Redis, ``clock_ms`` for SQLite)."""
     scheme = url.partition(":")[0].lower()
+    if scheme == "memory":
+        from .memory import MemoryStorage
+
+        return MemoryStorage()
     if scheme == "sqlite":
         from .sqlite import SqliteStorage
 

@@ -1,0 +1,128 @@
+"""`memory://`: keeps everything in this process and persists nothing.
+
+For benchmarks (the memory-only baseline) and experiments. A restart loses every account; the
+server logs a warning at startup. Never use it where money is real.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from .base import (
+    EventRow,
+    Fenced,
+    InvalidCursor,
+    LeaseHeld,
+    Recovered,
+    SequenceError,
+    Storage,
+    UsageRow,
+    check_batch,
+    check_limit,
+)
+
+
+class MemoryStorage(Storage):
+    """The storage interface over plain Python containers (one process, no durability)."""
+
+    def __init__(self) -> None:
+        self._epoch = 0
+        self._owner: str | None = None
+        self._last_seq = 0
+        self._records: dict[int, bytes] = {}
+        self._snapshot: tuple[int, bytes] | None = None
+        self._usage: dict[str, list[tuple[int, int, UsageRow]]] = {}
+        self._usage_counter = 0
+        self._events: list[EventRow] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int:
+        if self._owner is not None and self._owner != owner:
+            raise LeaseHeld(f"held by {self._owner}")
+        self._owner = owner
+        self._epoch += 1
+        return self._epoch
+
+    async def renew_lease(self, epoch: int, ttl_ms: int) -> None:
+        if epoch != self._epoch or self._owner is None:
+            raise Fenced(f"epoch {epoch} is not current")
+
+    async def release_lease(self, epoch: int) -> None:
+        if epoch == self._epoch:
+            self._owner = None
+
+    async def load(self) -> Recovered:
+        snap_seq, blob = self._snapshot if self._snapshot else (0, None)
+        records = [(seq, self._records[seq]) for seq in range(snap_seq + 1, self._last_seq + 1)]
+        return Recovered(snapshot=blob, snapshot_seq=snap_seq, records=records)
+
+    async def append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
+        check_batch(seq, usage, events)
+        if epoch != self._epoch or self._owner is None:
+            raise Fenced(f"epoch {epoch} is not current")
+        if seq <= self._last_seq:
+            if self._records.get(seq) == record:
+                return
+            raise SequenceError(f"seq {seq} already written")
+        if seq != self._last_seq + 1:
+            raise SequenceError(f"seq {seq} after {self._last_seq}")
+        if events and self._events and events[0].event_id <= self._events[-1].event_id:
+            raise SequenceError("event ids must increase")
+        self._records[seq] = record
+        self._last_seq = seq
+        for row in usage:
+            self._usage_counter += 1
+            bisect.insort(self._usage.setdefault(row.account_id, []), (row.at_ms, self._usage_counter, row))
+        self._events.extend(events)
+
+    async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
+        if epoch != self._epoch or self._owner is None:
+            raise Fenced(f"epoch {epoch} is not current")
+        if not (self._snapshot[0] if self._snapshot else 0) <= seq <= self._last_seq:
+            raise SequenceError(f"snapshot seq {seq} out of range")
+        self._snapshot = (seq, blob)
+        for old in [s for s in self._records if s <= seq]:
+            del self._records[old]
+
+    async def list_usage(self, account_id: str, from_ms: int, to_ms: int, limit: int,
+                         after: str | None) -> tuple[list[UsageRow], str | None]:
+        check_limit(limit)
+        rows = self._usage.get(account_id, [])
+        start = (from_ms, 0)
+        if after is not None:
+            try:
+                at_text, _, n_text = after.partition(":")
+                start = max(start, (int(at_text), int(n_text) + 1))
+            except ValueError:
+                raise InvalidCursor(f"bad cursor {after!r}") from None
+        i = bisect.bisect_left(rows, start, key=lambda item: (item[0], item[1]))
+        out = []
+        last = None
+        while i < len(rows) and len(out) < limit:
+            at_ms, n, row = rows[i]
+            if to_ms and at_ms >= to_ms:
+                break
+            out.append(row)
+            last = (at_ms, n)
+            i += 1
+        more = i < len(rows) and not (to_ms and rows[i][0] >= to_ms)
+        return out, (f"{last[0]}:{last[1]}" if more and last else None)
+
+    async def read_events(self, after_event_id: int, limit: int, account_id: str | None = None) -> list[EventRow]:
+        check_limit(limit)
+        i = bisect.bisect_right(self._events, after_event_id, key=lambda ev: ev.event_id)
+        out = []
+        for ev in self._events[i:]:
+            if account_id is None or ev.account_id == account_id:
+                out.append(ev)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def check_durability(self) -> str | None:
+        return "storage.url is memory://: nothing is persisted; a restart loses every account"
