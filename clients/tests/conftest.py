@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from scripted import ScriptedServer
+
+# The root suite runs with --import-mode=importlib, which does not put test folders on sys.path;
+# the scripted server is a plain module beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scripted import ScriptedServer  # noqa: E402
 
 from quota_client import AsyncQuotaClient, QuotaClient, RetryPolicy
 
