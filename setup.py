@@ -27,7 +27,13 @@ extensions = [
         depends=[os.path.join("_fastledger", f) for f in os.listdir("_fastledger") if f.endswith((".pxi", ".pxd"))],
         define_macros=[("QUOTA_DEBUG", "1" if DEBUG else "0")],
         extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
-    )
+    ),
+    # The protobuf wire fast path of QuotaService (quota_server/dataplane.py is its reference).
+    Extension(
+        "quota_server._wire",
+        ["quota_server/_wire.pyx"],
+        extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
+    ),
 ]
 
 setup(

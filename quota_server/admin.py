@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import defaultdict
 
@@ -10,12 +11,13 @@ from _fastledger import codes as C
 from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import admin_service_pb2_grpc as apb_grpc
 
-from .dataplane import NS_PER_MS, included_grant_id
+from . import _wire
+from .dataplane import NS_PER_MS, AccountIndex, included_grant_id
 from .engine import Engine
 from .errors import QuotaError, from_core_status
 from .rpc import abort_with
 from .storage.base import InvalidCursor
-from .validate import check_amount, check_id, fingerprint
+from .validate import check_amount, check_id
 
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
@@ -25,9 +27,11 @@ WATCH_POLL_S = 1.0
 class AdminServicer(apb_grpc.AdminServiceServicer):
     """The control plane over the same engine as the data plane."""
 
-    def __init__(self, *, engine: Engine, config) -> None:
+    def __init__(self, *, engine: Engine, config, accounts: AccountIndex | None = None) -> None:
+        """`accounts` is the data plane's index of plans and statuses, told about upserts."""
         self.engine = engine
         self.plans = config.plans
+        self.accounts = accounts
 
     # ------------------------------------------------------------------ accounts
 
@@ -84,11 +88,14 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
             grant_id = included_grant_id(plan.name, start_ms)
             items.append((
-                (C.OP_GRANT, account_id, grant_id, fingerprint(plan.included_credits, end_ms), plan.included_credits,
-                 C.LOT_INCLUDED, 0, end_ms * NS_PER_MS),
+                (C.OP_GRANT, account_id, grant_id,
+                 _wire.fingerprint(_wire.DOMAIN_INCLUDED_GRANT, plan.included_credits, end_ms),
+                 plan.included_credits, C.LOT_INCLUDED, 0, end_ms * NS_PER_MS),
                 _grant_event(account_id, grant_id, plan.included_credits, C.LOT_INCLUDED),
             ))
-        results = await self.engine.submit_many(items)
+        changing = self.accounts.changing(account_id) if self.accounts is not None else contextlib.nullcontext()
+        with changing:
+            results = await self.engine.submit_many(items)
         if results[0][0] != C.OK:
             raise from_core_status(results[0][0])
         return apb.UpsertAccountResponse(account=self._account(account_id), created=results[0][1])
@@ -118,7 +125,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         if expires_ms < 0 or (expires_ms and expires_ms * NS_PER_MS <= self.engine.now_ns()):
             raise QuotaError("INVALID_ARGUMENT", "expires_at_ms must be 0 (never) or in the future",
                              metadata={"field": "expires_at_ms"})
-        fp = fingerprint(amount, category, req.priority, expires_ms)
+        fp = _wire.fingerprint(_wire.DOMAIN_GRANT, amount, category, req.priority, expires_ms)
         op = (C.OP_GRANT, account_id, grant_id, fp, amount, category, req.priority, expires_ms * NS_PER_MS)
         result = await self.engine.submit(op, _grant_event(account_id, grant_id, amount, category))
         if result[0] != C.OK:

@@ -3,20 +3,30 @@
 Each mutating RPC is split into `prepare_*` (validate, price, build the core op and its
 derived-data callback; may raise QuotaError) and `*_response` (result tuple -> proto), so that
 the unary RPCs and `Batch` share every line of it.
+
+That Python path is the reference. The wire fast path (`quota_server._wire`, registered by
+`add_quota_service`) decodes the mutating requests and Batch straight from their bytes into the
+same op tuples and encodes the responses from the result tuples; whatever it does not accept as
+certainly valid (every error, every read, unusual encodings) it hands to the Python path, item by
+item. Both paths share the idempotency fingerprint (`_wire.fingerprint_*`), the account index,
+the hold's meta and the usage rows, byte for byte.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from _fastledger import codes as C
 from quota.v1 import quota_service_pb2 as pb
 from quota.v1 import quota_service_pb2_grpc as pb_grpc
 
+from . import _wire
 from .engine import Engine
 from .errors import QuotaError, from_core_status
 from .plans import Plan
@@ -30,8 +40,6 @@ from .validate import (
     check_labels,
     check_quantities,
     check_ttl_ms,
-    fingerprint,
-    sorted_items,
 )
 
 NS_PER_MS = 1_000_000
@@ -57,6 +65,62 @@ class Prepared:
         self.respond = respond
 
 
+class AccountIndex:
+    """account_id -> (plan_id, status), read from the ledger once and then kept.
+
+    Every data-plane call needs its account's plan (feature gate, limits) and Extend its status;
+    an `account_view` builds a whole dict for that. Only UpsertAccount changes either, and it
+    brackets its submission with `changing(account_id)`: meanwhile that account is read from the
+    ledger on every lookup and not cached (exactly what an uncached lookup would see, whether or
+    not the upsert has been applied yet), and its entry is dropped again once the upsert is done.
+    A new ledger (engine restart) empties the index. Unknown accounts are never cached.
+    """
+
+    __slots__ = ("entries", "_engine", "_ledger", "_changing")
+
+    def __init__(self, engine: Engine) -> None:
+        self.entries: dict[str, tuple[str, int]] = {}
+        self._engine = engine
+        self._ledger: Any = None
+        self._changing: dict[str, int] = {}
+
+    def sync(self) -> None:
+        """Forget everything if the engine's ledger is not the one the entries came from."""
+        ledger = self._engine.ledger
+        if ledger is not self._ledger:
+            self.entries.clear()
+            self._ledger = ledger
+
+    def lookup(self, account_id: str) -> tuple[str, int] | None:
+        """(plan_id, status) of the account, or None if it does not exist."""
+        self.sync()
+        entry = self.entries.get(account_id)
+        if entry is not None:
+            return entry
+        view = self._engine.ledger.account_view(account_id, self._engine.now_ns())
+        if view is None:
+            return None
+        entry = (view["plan_id"], view["status"])
+        if account_id not in self._changing:
+            self.entries[account_id] = entry
+        return entry
+
+    @contextlib.contextmanager
+    def changing(self, account_id: str) -> Iterator[None]:
+        """Around the submission of an op that may change the account's plan or status."""
+        self._changing[account_id] = self._changing.get(account_id, 0) + 1
+        self.entries.pop(account_id, None)
+        try:
+            yield
+        finally:
+            left = self._changing[account_id] - 1
+            if left:
+                self._changing[account_id] = left
+            else:
+                del self._changing[account_id]
+            self.entries.pop(account_id, None)
+
+
 class DataPlane:
     """The request logic of QuotaService, independent of the transport."""
 
@@ -67,14 +131,20 @@ class DataPlane:
         self.prices: PriceCatalog = config.prices
         self.hold_ttl_ms = config.defaults.hold_ttl_ms
         self.hold_ttl_max_ms = config.defaults.hold_ttl_max_ms
+        self.accounts = AccountIndex(engine)
+        self.wire = _wire.WireCodec(
+            accounts=self.accounts, plans=self.plans, prices=self.prices, engine=engine,
+            hold_ttl_ms=self.hold_ttl_ms, hold_ttl_max_ms=self.hold_ttl_max_ms, meta_fn=self._meta,
+            decode_meta=_decode_meta, credit_events=_credit_events,
+        )
 
     # ------------------------------------------------------------------ shared helpers
 
     def _plan_of(self, account_id: str) -> Plan | None:
-        view = self.engine.ledger.account_view(account_id, self.engine.now_ns())
-        if view is None:
+        entry = self.accounts.lookup(account_id)
+        if entry is None:
             return None
-        return self.plans.get(view["plan_id"])
+        return self.plans.get(entry[0])
 
     def _price(self, action: str, amount: int, quantities: dict[str, int], *, field: str = "amount") -> int:
         """The amount of a call: `amount` if given (it overrides the catalog), else the price."""
@@ -103,12 +173,14 @@ class DataPlane:
 
     @staticmethod
     def _meta(action: str, frozen_price: bytes, labels: dict[str, str]) -> bytes:
+        """The hold's meta: action, frozen price and labels (sorted: the same bytes on both paths),
+        the labels dropped if they would not fit in META_BYTES_MAX."""
         meta = {"a": action}
         if frozen_price:
             meta["p"] = frozen_price.hex()
         encoded = json.dumps(meta, separators=(",", ":")).encode()
         if labels:
-            with_labels = json.dumps({**meta, "l": labels}, separators=(",", ":")).encode()
+            with_labels = json.dumps({**meta, "l": _sorted_dict(labels)}, separators=(",", ":")).encode()
             if len(with_labels) <= C.META_BYTES_MAX:
                 return with_labels
         return encoded
@@ -132,9 +204,8 @@ class DataPlane:
         plan = self._plan_of(account_id)
         allowed, buckets = self._gate(plan, action, quantities)
         frozen = self.prices.freeze(action) if action and action in self.prices else b""
-        fp = fingerprint(
-            req.amount, action, sorted_items(quantities), req.ttl_ms, req.allow_partial, min_amount,
-            on_expire, sorted_items(labels),
+        fp = _wire.fingerprint_reserve(
+            req.amount, action, quantities, req.ttl_ms, req.allow_partial, min_amount, on_expire, labels,
         )
         op = (
             C.OP_RESERVE, account_id, reservation_id, fp, amount, req.allow_partial, min_amount,
@@ -182,7 +253,7 @@ class DataPlane:
                     (lim.name, lim.cost_of(quantities))
                     for lim in plan.limits_for(action) if lim.cost != "requests"
                 )
-        fp = fingerprint(req.amount if has_amount else None, sorted_items(quantities), sorted_items(labels))
+        fp = _wire.fingerprint_commit(req.amount if has_amount else None, quantities, labels)
         op = (C.OP_COMMIT, account_id, reservation_id, fp, amount, bucket_costs)
         usage_labels = {**meta.get("l", {}), **labels}  # the commit's labels merged over the reserve's
 
@@ -239,6 +310,9 @@ class DataPlane:
         answers it here and the hold stays exactly as it was. Holds that are not open go to the core
         for their usual error.
         """
+        entry = self.accounts.lookup(account_id)
+        if entry is None or entry[1] != C.ACCOUNT_SUSPENDED:
+            return None
         ledger = self.engine.ledger
         now_ns = self.engine.now_ns()
         view = ledger.account_view(account_id, now_ns)
@@ -269,7 +343,7 @@ class DataPlane:
         labels = check_labels(req.labels)
         amount = self._price(action, req.amount, quantities)
         allowed, buckets = self._gate(self._plan_of(account_id), action, quantities)
-        fp = fingerprint(req.amount, action, sorted_items(quantities), sorted_items(labels))
+        fp = _wire.fingerprint_charge(req.amount, action, quantities, labels)
         op = (C.OP_CHARGE, account_id, charge_id, fp, amount, allowed, buckets)
 
         def derive(op, r, fresh, now_ms):
@@ -380,12 +454,17 @@ def _decode_meta(meta: bytes) -> dict:
         return {}
 
 
+def _sorted_dict(mapping: dict) -> dict:
+    return dict(sorted(mapping.items())) if len(mapping) > 1 else mapping
+
+
 def _usage_row(account_id: str, at_ms: int, *, reservation_id: str = "", charge_id: str = "", action: str,
                quantities: dict, charged: int, uncharged: int, labels: dict, late: bool) -> UsageRow:
+    """One usage record; its maps are sorted by key, so both request paths write the same bytes."""
     payload = {
         "reservation_id": reservation_id, "charge_id": charge_id, "action": action,
-        "quantities": quantities, "amount_charged": charged, "amount_uncharged": uncharged,
-        "labels": labels, "late": late,
+        "quantities": _sorted_dict(quantities), "amount_charged": charged, "amount_uncharged": uncharged,
+        "labels": _sorted_dict(labels), "late": late,
     }
     return UsageRow(account_id=account_id, at_ms=at_ms, payload=json.dumps(payload, separators=(",", ":")).encode())
 
@@ -400,11 +479,13 @@ def _credit_events(account_id: str, available_after: int, uncharged: int) -> lis
 
 
 class QuotaServicer(pb_grpc.QuotaServiceServicer):
-    """The gRPC face of DataPlane. Method names are the proto's."""
+    """The gRPC face of DataPlane. Method names are the proto's; the `*_wire` methods are the
+    same RPCs on raw request and response bytes (see `add_quota_service`)."""
 
     def __init__(self, dataplane: DataPlane, *, max_batch_ops: int) -> None:
         self.dp = dataplane
         self.engine = dataplane.engine
+        self.wire = dataplane.wire
         self.max_batch_ops = max_batch_ops
 
     async def _mutate(self, prepare, request, context):
@@ -447,12 +528,86 @@ class QuotaServicer(pb_grpc.QuotaServiceServicer):
 
     async def Batch(self, request, context):
         try:
-            if len(request.ops) > self.max_batch_ops:
-                raise QuotaError("INVALID_ARGUMENT", f"a batch holds at most {self.max_batch_ops} ops",
-                                 metadata={"field": "ops"})
+            _check_batch_size(request, self.max_batch_ops)
             return await run_batch(self.dp, request)
         except QuotaError as exc:
             await abort_with(context, exc)
+
+    # ------------------------------------------------------------------ the wire fast path
+
+    async def _mutate_wire(self, kind: int, prepare, request_type, data: bytes, context):
+        try:
+            decoded = self.wire.decode(kind, data)
+            if decoded is None:  # not certainly valid: the Python path judges it (a DecodeError
+                # propagates as the deserializer's would: UNKNOWN "Unexpected <DecodeError>: ...")
+                prepared = prepare(request_type.FromString(data))
+                result = await self.engine.submit(prepared.op, prepared.derive) if prepared.op is not None else None
+                return prepared.respond(result).SerializeToString()
+            op, derive = decoded
+            return self.wire.encode(kind, op, await self.engine.submit(op, derive))
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+    async def reserve_wire(self, data: bytes, context):
+        return await self._mutate_wire(_KIND_RESERVE, self.dp.prepare_reserve, pb.ReserveRequest, data, context)
+
+    async def commit_wire(self, data: bytes, context):
+        return await self._mutate_wire(_KIND_COMMIT, self.dp.prepare_commit, pb.CommitRequest, data, context)
+
+    async def release_wire(self, data: bytes, context):
+        return await self._mutate_wire(_KIND_RELEASE, self.dp.prepare_release, pb.ReleaseRequest, data, context)
+
+    async def extend_wire(self, data: bytes, context):
+        return await self._mutate_wire(_KIND_EXTEND, self.dp.prepare_extend, pb.ExtendRequest, data, context)
+
+    async def charge_wire(self, data: bytes, context):
+        return await self._mutate_wire(_KIND_CHARGE, self.dp.prepare_charge, pb.ChargeRequest, data, context)
+
+    async def batch_wire(self, data: bytes, context):
+        try:
+            return await run_batch_wire(self.dp, data, self.max_batch_ops)
+        except QuotaError as exc:
+            await abort_with(context, exc)
+
+
+# BatchOp / BatchResult field numbers of the mutating kinds (the fast path's `kind`).
+_KIND_RESERVE, _KIND_COMMIT, _KIND_RELEASE, _KIND_EXTEND, _KIND_CHARGE = 1, 2, 3, 4, 5
+
+
+def add_quota_service(server, servicer: QuotaServicer, *, fast_wire: bool = True) -> None:
+    """Register QuotaService on `server`.
+
+    With `fast_wire`, the mutating RPCs and Batch take and return raw bytes (no protobuf
+    deserializer/serializer: `quota_server._wire` reads and writes the wire format), while
+    Check, Quote and GetBalance keep the generated (de)serializers. Clients see the same
+    messages either way; reflection reads the descriptors, not the handlers.
+    """
+    if not fast_wire:
+        pb_grpc.add_QuotaServiceServicer_to_server(servicer, server)
+        return
+
+    def raw(method):
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None, response_serializer=None)
+
+    def typed(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString,
+        )
+
+    handlers = {
+        "Reserve": raw(servicer.reserve_wire),
+        "Commit": raw(servicer.commit_wire),
+        "Release": raw(servicer.release_wire),
+        "Extend": raw(servicer.extend_wire),
+        "Charge": raw(servicer.charge_wire),
+        "Check": typed(servicer.Check, pb.CheckRequest, pb.CheckResponse),
+        "Quote": typed(servicer.Quote, pb.QuoteRequest, pb.QuoteResponse),
+        "GetBalance": typed(servicer.GetBalance, pb.GetBalanceRequest, pb.GetBalanceResponse),
+        "Batch": raw(servicer.batch_wire),
+    }
+    name = pb.DESCRIPTOR.services_by_name["QuotaService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 _BATCH_MUTATIONS = {
@@ -465,45 +620,86 @@ _BATCH_MUTATIONS = {
 _BATCH_READS = {"check": "check", "quote": "quote", "get_balance": "get_balance"}
 
 
+def _check_batch_size(request: pb.BatchRequest, max_ops: int) -> None:
+    if len(request.ops) > max_ops:
+        raise QuotaError("INVALID_ARGUMENT", f"a batch holds at most {max_ops} ops", metadata={"field": "ops"})
+
+
+def _prepare_item(dp: DataPlane, item: pb.BatchOp) -> tuple[tuple[str, Any], tuple | None]:
+    """One batch op: its slot (kind, Prepared | request | QuotaError) and its (op, derive) to
+    submit, or None when it needs no core op (a read, an error, an answer known already)."""
+    kind = item.WhichOneof("op")
+    payload = getattr(item, kind) if kind else None
+    try:
+        if kind in _BATCH_MUTATIONS:
+            prepared = getattr(dp, _BATCH_MUTATIONS[kind])(payload)
+            # op None: answered without the core (see prepare_extend)
+            return (kind, prepared), ((prepared.op, prepared.derive) if prepared.op is not None else None)
+        if kind in _BATCH_READS:
+            return (kind, payload), None
+        raise QuotaError("INVALID_ARGUMENT", "a batch op must set one operation", metadata={"field": "ops"})
+    except QuotaError as exc:
+        return ("error", exc), None
+
+
+def _answer_item(dp: DataPlane, slot: tuple[str, Any], result: tuple | None) -> pb.BatchResult:
+    """The BatchResult of one op once the batch's mutations are durable (reads run now)."""
+    kind, value = slot
+    try:
+        if kind == "error":
+            raise value
+        if kind in _BATCH_MUTATIONS:
+            return pb.BatchResult(**{kind: value.respond(result)})
+        return pb.BatchResult(**{kind: getattr(dp, _BATCH_READS[kind])(value)})
+    except QuotaError as exc:
+        return pb.BatchResult(error=pb.BatchError(
+            code=exc.code.value[0], message=exc.message, reason=exc.reason, metadata=exc.metadata,
+        ))
+
+
 async def run_batch(dp: DataPlane, request: pb.BatchRequest) -> pb.BatchResponse:
     """Validate every op, submit the mutations together, then answer each op in order.
 
     Items are independent: one item's error is that item's result. Reads run after the batch's
     mutations are durable, so they see them.
     """
-    slots: list[tuple[str, Any]] = []  # (kind, Prepared | request | QuotaError)
-    submit: list[tuple[tuple, Any]] = []
+    slots: list[tuple[tuple[str, Any], bool]] = []
+    submit: list[tuple] = []
     for item in request.ops:
-        kind = item.WhichOneof("op")
-        payload = getattr(item, kind) if kind else None
-        try:
-            if kind in _BATCH_MUTATIONS:
-                prepared = getattr(dp, _BATCH_MUTATIONS[kind])(payload)
-                if prepared.op is not None:  # None: answered without the core (see prepare_extend)
-                    submit.append((prepared.op, prepared.derive))
-                slots.append((kind, prepared))
-            elif kind in _BATCH_READS:
-                slots.append((kind, payload))
-            else:
-                raise QuotaError("INVALID_ARGUMENT", "a batch op must set one operation", metadata={"field": "ops"})
-        except QuotaError as exc:
-            slots.append(("error", exc))
+        slot, item_submit = _prepare_item(dp, item)
+        slots.append((slot, item_submit is not None))
+        if item_submit is not None:
+            submit.append(item_submit)
     results = iter(await dp.engine.submit_many(submit) if submit else [])
-    out = []
-    for kind, value in slots:
+    return pb.BatchResponse(results=[
+        _answer_item(dp, slot, next(results) if submitted else None) for slot, submitted in slots
+    ])
+
+
+async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
+    """`run_batch` on the serialized BatchRequest, returning the serialized BatchResponse.
+
+    The fast path decodes the ops it can vouch for; every other op goes through `_prepare_item`
+    and `_answer_item` in its place, so the ops are submitted and answered in order exactly as
+    `run_batch` does. A request the fast path cannot frame (malformed, too many ops) runs on the
+    Python path as a whole, which raises its DecodeError or QuotaError.
+    """
+    work = dp.wire.decode_batch(data, max_ops)
+    if work is not None and work.slow:
         try:
-            if kind == "error":
-                raise value
-            if kind in _BATCH_MUTATIONS:
-                result = next(results) if value.op is not None else None
-                out.append(pb.BatchResult(**{kind: value.respond(result)}))
-            else:
-                out.append(pb.BatchResult(**{kind: getattr(dp, _BATCH_READS[kind])(value)}))
-        except QuotaError as exc:
-            out.append(pb.BatchResult(error=pb.BatchError(
-                code=exc.code.value[0], message=exc.message, reason=exc.reason, metadata=exc.metadata,
-            )))
-    return pb.BatchResponse(results=out)
+            for i in work.slow:
+                slot, item_submit = _prepare_item(dp, pb.BatchOp.FromString(work.raw(i)))
+                work.set_slow(i, slot, item_submit)
+        except DecodeError:
+            work = None
+    if work is None:
+        request = pb.BatchRequest.FromString(data)
+        _check_batch_size(request, max_ops)
+        return (await run_batch(dp, request)).SerializeToString()
+    items = work.submit_items()
+    results = await dp.engine.submit_many(items) if items else []
+    return work.encode(results, lambda slot, result: _answer_item(dp, slot, result).SerializeToString())
 
 
-__all__ = ["DataPlane", "QuotaServicer", "included_grant_id", "run_batch", "grpc"]
+__all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "included_grant_id", "run_batch",
+           "run_batch_wire", "grpc"]

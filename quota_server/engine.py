@@ -356,9 +356,18 @@ class Engine:
                 await self.storage.renew_lease(self.epoch, self.options.lease_ttl_ms)
             except StorageUnavailable as exc:
                 log.warning("lease renewal failed (storage unavailable): %s", exc)
+                # An idle server would otherwise report SERVING (and queue the next mutation
+                # behind a write that cannot land) until some client's call failed on it.
+                if not self.storage_down:
+                    self._set_storage_down(True)
+                continue
             except Fenced as exc:
                 self._die(exc)
                 return
+            if self.storage_down and self._idle.is_set() and not self._pending:
+                # No batch is being retried (that one clears the flag when it lands).
+                log.warning("storage is back")
+                self._set_storage_down(False)
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is not None:

@@ -18,10 +18,10 @@ import uuid
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2, quota_service_pb2_grpc
+from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2
 
 from .admin import AdminServicer
-from .dataplane import DataPlane, QuotaServicer
+from .dataplane import DataPlane, QuotaServicer, add_quota_service
 from .engine import Engine, EngineOptions
 from .storage import LeaseHeld, Storage, storage_from_url
 
@@ -32,6 +32,7 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 LEASE_WAIT_POLL_S = 0.5
+FAST_WIRE_ENV = "QUOTA_FAST_WIRE"  # "0" serves QuotaService through the generated (de)serializers only
 
 
 class StartupError(Exception):
@@ -59,9 +60,16 @@ def engine_options(config) -> EngineOptions:
 class QuotaServer:
     """One server process: owns its storage lease and serves both gRPC services."""
 
-    def __init__(self, config, *, clock_ns=time.time_ns) -> None:
-        """`clock_ns` is injectable so in-process tests can drive expiry with a manual clock."""
+    def __init__(self, config, *, clock_ns=time.time_ns, fast_wire: bool | None = None) -> None:
+        """`clock_ns` is injectable so in-process tests can drive expiry with a manual clock.
+
+        `fast_wire` (default: on unless the environment sets QUOTA_FAST_WIRE=0) serves the
+        mutating QuotaService RPCs and Batch through the wire fast path (see add_quota_service).
+        """
         self.config = config
+        if fast_wire is None:
+            fast_wire = os.environ.get(FAST_WIRE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        self.fast_wire = fast_wire
         self.storage = make_storage(config)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = Engine(storage=self.storage, owner=owner, options=engine_options(config), clock_ns=clock_ns)
@@ -84,11 +92,11 @@ class QuotaServer:
             ("grpc.so_reuseport", 0),
         ])
         dataplane = DataPlane(engine=self.engine, config=self.config)
-        quota_service_pb2_grpc.add_QuotaServiceServicer_to_server(
-            QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), server
+        add_quota_service(
+            server, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(engine=self.engine, config=self.config), server
+            AdminServicer(engine=self.engine, config=self.config, accounts=dataplane.accounts), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -6,7 +6,6 @@ queued, so bad input never reaches the core.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 
@@ -88,16 +87,3 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
                 metadata={"field": "labels"},
             )
     return dict(labels)
-
-
-def fingerprint(*parts: object) -> int:
-    """A stable signed 64-bit fingerprint of a request's parameters (idempotency).
-
-    Stable across processes and restarts (it is persisted), unlike `hash()`.
-    """
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def sorted_items(mapping: Mapping) -> tuple:
-    return tuple(sorted(mapping.items())) if mapping else ()
