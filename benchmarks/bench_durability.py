@@ -1,0 +1,169 @@
+"""What durability costs: the real server on memory:// (persists nothing), SQLite and Redis.
+
+Three `quota-server` processes (the installed console script) run side by side in one run:
+
+- ``memory``: ``memory://`` storage, the baseline: the same engine, group commit and core, with
+  a store that keeps nothing (quota_server/storage/memory.py);
+- ``sqlite``: a fresh SQLite file (WAL, synchronous=FULL: every reply waits for its fsync);
+- ``redis``: a redis-server this script starts on a free loopback port with ``appendonly yes``
+  and ``appendfsync everysec`` (``--redis-appendfsync`` to change), one EVALSHA per flush.
+
+Load comes from separate client processes, with the load generator of benchmarks/bench_e2e.py
+(imported, not copied): ``unary`` is 64 callers in total, each looping Reserve(amount 1) then
+Commit of that reservation; ``batch`` is 4 callers, each looping Batch(1000 Reserves) then
+Batch(1000 Commits of them). Every RPC op counts one. Each repetition measures every target on
+every workload (the target order rotates between repetitions, so none always goes first) on
+fresh accounts, so every reservation id is new and every op is really persisted. Reported:
+ops/s, p50/p99 latency, and the ratio to memory-only, each the median over the repetitions
+(each repetition's figure is itself the median of its windows).
+
+Target (the issue): durable Redis at least 85 % of memory-only on both workloads.
+
+    python benchmarks/bench_durability.py            # full: 3 repetitions x 3 windows of 3 s
+    python benchmarks/bench_durability.py --small    # CI: seconds
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # for tests.storage.redis_proc; installed packages stay first
+
+import bench_e2e as e2e  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+
+TARGET_RATIO = 0.85
+TARGETS = ("memory", "sqlite", "redis")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="CI: one repetition of one ~1 s window")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (each measures every target)")
+    parser.add_argument("--runs", type=int, default=3, help="measurement windows per repetition")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each window")
+    parser.add_argument("--warmup", type=float, default=1.0, help="load before the first window")
+    parser.add_argument("--client-procs", type=int, default=2, help="client processes")
+    parser.add_argument("--callers", type=int, default=64, help="unary callers in total")
+    parser.add_argument("--batch-callers", type=int, default=4, help="batch callers in total")
+    parser.add_argument("--batch-size", type=int, default=1000, help="ops per Batch call")
+    parser.add_argument("--workloads", default="unary,batch", help="comma-separated subset of unary,batch")
+    parser.add_argument("--redis-appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    parser.add_argument("--json-out", metavar="FILE", help="also write every figure as JSON")
+    args = parser.parse_args(argv)
+    if args.small:
+        args.reps, args.runs, args.seconds, args.warmup = 1, 1, 1.0, 0.3
+    args.profile = None  # bench_e2e.run_load's profiler hook: off
+    return args
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    values = [r["median"][key] for r in runs if key in r["median"]]
+    return statistics.median(values) if values else float("nan")
+
+
+def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace, config: list[str]) -> tuple[str, bool]:
+    lines = ["### Configuration", ""] + [f"- {line}" for line in config] + [""]
+    met = True
+    verdicts = []
+    for workload in [w for w in args.workloads.split(",") if w]:
+        base = median_of(results.get(("memory", workload), []), "ops_per_s")
+        if workload == "unary":
+            lines += [f"### Unary Reserve + Commit, {args.callers} callers", "",
+                      "| storage | ops/s | vs memory | Reserve p50 / p99 ms | Commit p50 / p99 ms | server CPU | errors |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        else:
+            lines += ["", f"### Batch({args.batch_size}) Reserves then Batch({args.batch_size}) Commits, "
+                      f"{args.batch_callers} callers", "",
+                      "| storage | ops/s | vs memory | Batch p50 / p99 ms | server CPU | errors |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name in TARGETS:
+            runs = results.get((name, workload), [])
+            if not runs:
+                continue
+            ops = median_of(runs, "ops_per_s")
+            ratio = ops / base
+            cpu = statistics.median(r["server_cpu"] for r in runs)
+            errors = sum(r["tally"]["rpc_errors"] + r["tally"]["bad"] + r["tally"]["denied"] for r in runs)
+            if workload == "unary":
+                lat = (f"{median_of(runs, 'reserve_p50_ms'):.2f} / {median_of(runs, 'reserve_p99_ms'):.2f} | "
+                       f"{median_of(runs, 'commit_p50_ms'):.2f} / {median_of(runs, 'commit_p99_ms'):.2f}")
+            else:
+                lat = f"{median_of(runs, 'batch_p50_ms'):.1f} / {median_of(runs, 'batch_p99_ms'):.1f}"
+            lines.append(f"| {name} | {ops:,.0f} | {ratio:.0%} | {lat} | {cpu:.0%} | {errors} |")
+            if name == "redis":
+                ok = ratio >= TARGET_RATIO
+                met = met and ok
+                verdicts.append(f"- {workload}: Redis (appendfsync {args.redis_appendfsync}) at {ratio:.0%} "
+                                f"of memory-only, target >= {TARGET_RATIO:.0%}: {'met' if ok else 'MISSED'}")
+    lines += ["", "### Against the target", ""] + verdicts
+    return "\n".join(lines), met
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tests.storage.redis_proc import RedisProcess, redis_server_path
+
+    if redis_server_path() is None:
+        print("redis-server is not on PATH (apt-get install redis-server)", file=sys.stderr)
+        return 2
+    if not e2e.supports_memory_storage():
+        print("the installed quota-server has no memory:// storage", file=sys.stderr)
+        return 2
+    e2e.check_encoding()
+    load_before = e2e.load_average()
+    server_cmd = e2e.server_command()
+    workloads = [w for w in args.workloads.split(",") if w]
+    results: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="bench-durability-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisProcess(workdir / "redis", appendfsync=args.redis_appendfsync)
+        redis.start()
+        targets = [
+            e2e.Target("memory", "memory://", workdir, server_cmd),
+            e2e.Target("sqlite", f"sqlite:///{workdir / 'sqlite' / 'quota.db'}", workdir, server_cmd),
+            e2e.Target("redis", redis.url, workdir, server_cmd),
+        ]
+        try:
+            for target in targets:
+                print(f"== {target.name}: starting", file=sys.stderr, flush=True)
+                target.start()
+            for rep in range(args.reps):
+                # Fresh accounts per repetition: ids are scoped to their account, so every
+                # reservation id of this repetition is new (a replay would persist nothing).
+                unary = e2e.split_accounts(f"u{rep}", args.callers, args.client_procs)
+                batch = e2e.split_accounts(f"b{rep}", args.batch_callers, args.client_procs)
+                for target in targets:
+                    target.setup_accounts([a for group in unary + batch for a in group])
+                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+                for workload in workloads:
+                    for target in order:
+                        result = e2e.run_load(target, workload, args, unary if workload == "unary" else batch)
+                        results[(target.name, workload)].append(result)
+                        print(f"== rep {rep} {target.name} {workload}: {result['median']['ops_per_s']:,.0f} ops/s, "
+                              f"errors {result['tally']}", file=sys.stderr, flush=True)
+                        if target.proc.poll() is not None:
+                            raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")
+        finally:
+            for target in targets:
+                target.stop()
+            redis.stop()
+        config = e2e.machine_lines(args, server_cmd, targets, load_before)
+        config.append(f"repetitions: {args.reps} (figures are medians over them); Redis: appendonly yes, "
+                      f"appendfsync {args.redis_appendfsync}, on loopback")
+    text, met = render(results, args, config)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(
+            {"config": config, "results": {f"{t}/{w}": r for (t, w), r in results.items()}}, indent=2))
+    errors = any(r["tally"]["rpc_errors"] or r["tally"]["bad"] for runs in results.values() for r in runs)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
