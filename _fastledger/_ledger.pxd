@@ -1,0 +1,166 @@
+# Typed declarations of the core: C structs for lots, holds, idempotency records and queues,
+# and the cdef classes that own them. The logic lives in the topic files included by _ledger.pyx.
+
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
+from cpython.object cimport PyObject
+
+
+ctypedef struct Earmark:
+    int64_t lot_seq             # 0 = unused slot
+    int64_t amount
+
+
+# Common head of every idempotency-carrying record (hold, charge, grant). The id's ASCII bytes
+# follow the kind's struct in the same allocation (see rec_rid in table.pxi).
+ctypedef struct Rec:
+    uint32_t hash               # low 32 bits of the key's hash (its home slot)
+    uint8_t kind                # REC_HOLD / REC_CHARGE / REC_GRANT
+    uint8_t flags               # RF_DIRTY / RF_DEAD
+    uint16_t rlen
+    PyObject* acct              # owned ref to its Account
+    int64_t seq
+    int64_t fp
+
+
+# What an open hold does not need: its original reserve result once extended, and its
+# settlement. Allocated on the first extend or at settlement.
+ctypedef struct HoldAux:
+    int64_t amount0             # amount_held of the stored reserve result
+    int64_t expires0            # expires_ns of the stored reserve result
+    int64_t commit_fp
+    int64_t charged             # commit: amount_charged; release: amount_released
+    int64_t released
+    int64_t uncharged
+    int64_t avail               # available_after of the stored commit / release result
+    int64_t purge_ns
+    int32_t pidx                # position in the purge queue, -1 if none
+    uint8_t result              # AUX_NONE / AUX_COMMIT / AUX_RELEASE
+    uint8_t late
+    uint8_t has_orig
+
+
+ctypedef struct Hold:
+    Rec r
+    int64_t amount
+    int64_t expires_ns
+    int64_t avail0              # available_after of the stored reserve result
+    int32_t hidx                # position in the hold queue, -1 if none
+    uint8_t state
+    uint8_t on_expire
+    uint8_t hflags              # HF_UNBACKED / HF_AUTO
+    uint8_t nmore               # earmarks beyond mark0
+    int64_t overdraft
+    Earmark mark0
+    Earmark* more
+    PyObject* extra             # NULL, or tuple (meta bytes, bucket_taken dict or None)
+    HoldAux* aux
+
+
+# Idempotency record of a grant (amount unused) or a charge.
+ctypedef struct Idem:
+    Rec r
+    int64_t amount
+    int64_t avail
+    int64_t purge_ns
+    int32_t pidx
+    int32_t pad
+
+
+# A credit lot. Its id is its grant's id, and the grant record lives as long as the lot (the
+# purge sweep defers it), so the lot points at that record's id bytes instead of owning a str.
+ctypedef struct Lot:
+    Idem* grant                 # borrowed: the grant record that made this lot
+    int64_t remaining
+    int64_t earmarked
+    int64_t expires_ns          # 0 = never
+    int64_t seq
+    int32_t priority
+    uint8_t category
+    uint8_t expired
+
+
+ctypedef struct HEnt:
+    int64_t t
+    int64_t seq
+    void* p
+
+
+ctypedef struct Heap:
+    HEnt* a
+    Py_ssize_t n
+    Py_ssize_t cap
+    int kind                    # HQ_LOTS / HQ_HOLDS / HQ_PURGE
+
+
+ctypedef struct Table:
+    uint64_t* slots             # Rec pointer (48 bits) | hash tag (top 16 bits); 0 = empty
+    size_t mask
+    size_t n
+
+
+ctypedef struct PtrVec:
+    void** a
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+ctypedef struct Buf:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+ctypedef struct BSpec:
+    PyObject* name              # borrowed from the op tuple
+    int64_t capacity
+    int64_t refill_amount
+    int64_t period_ns
+    int64_t cost
+
+
+cdef class Account:
+    cdef object aid
+    cdef object plan_id
+    cdef dict buckets           # None until the first bucket: name -> Bucket
+    cdef Lot* lots              # sorted in consumption order
+    cdef int64_t credit_limit
+    cdef int64_t debt
+    cdef int64_t consumed
+    cdef int64_t expired
+    cdef int64_t granted
+    cdef int64_t uncollected
+    cdef int64_t held
+    cdef int64_t ovd_held
+    cdef int32_t max_open_holds
+    cdef int32_t open_holds
+    cdef uint16_t nlots
+    cdef uint16_t lcap
+    cdef uint8_t status
+    cdef uint8_t unlimited
+    cdef uint8_t dirty          # D_CORE / D_BUCKETS: queued for the journal
+    cdef uint8_t flags          # AF_OVER: debt + overdraft held above credit_limit (see ceilings)
+
+
+cdef class Bucket:
+    cdef int64_t capacity
+    cdef int64_t refill_amount
+    cdef int64_t period_ns
+    cdef int64_t tokens
+    cdef int64_t last_ns
+
+
+cdef class Ledger:
+    cdef Buf jbuf               # the journal's write buffer, kept between takes
+    cdef dict accounts
+    cdef readonly int64_t retention_ns
+    cdef int64_t seq
+    cdef int64_t seq_journaled
+    cdef Table recs
+    cdef Heap holds_q
+    cdef Heap lots_q
+    cdef Heap purge_q
+    cdef PtrVec dirty_accts
+    cdef PtrVec dirty_recs
+    cdef dict ceilings          # account -> debt + overdraft ceiling after a credit-limit cut
+    cdef bint replayed          # the op being applied was answered from a stored result
+    cdef list replayed_at       # indices of such ops in the last apply

@@ -1,0 +1,45 @@
+"""Typed surface of the compiled core (see README.md for ops, results and semantics)."""
+
+from collections.abc import Iterable
+from typing import Any
+
+DEBUG: bool
+CODES: dict[str, int]
+
+Op = tuple[Any, ...]
+Result = tuple[Any, ...]
+
+class LedgerCorrupt(AssertionError):
+    """An invariant does not hold: the ledger must not keep serving."""
+
+class Ledger:
+    retention_ns: int
+
+    def __init__(self, *, retention_ns: int = 86_400_000_000_000) -> None: ...
+    def apply(self, ops: Iterable[Op], now_ns: int) -> list[Result]:
+        """Judge `ops` in order at `now_ns`; one result tuple per op.
+
+        Raises ValueError only for more than BATCH_OPS_MAX ops or `now_ns` outside
+        [0, NOW_NS_LIMIT); every malformed op is a status in its result.
+        """
+    def replayed_indices(self) -> list[int]:
+        """Indices, within the last `apply`'s ops, of those answered from a stored result."""
+    def take_journal(self) -> bytes:
+        """The redo record of everything changed since the last take (b"" if nothing)."""
+    def snapshot(self) -> bytes:
+        """The whole state, in the journal format."""
+    @staticmethod
+    def from_snapshot(blob: bytes, *, retention_ns: int = 86_400_000_000_000) -> Ledger:
+        """A ledger with exactly the state of `blob`; ValueError if it is not a valid snapshot."""
+    def replay(self, record: bytes) -> None:
+        """Apply a redo record; ValueError (ledger unchanged) if it is corrupt or truncated."""
+    def account_view(self, account_id: str, now_ns: int) -> dict[str, Any] | None: ...
+    def lots_view(self, account_id: str, now_ns: int) -> list[dict[str, Any]]: ...
+    def reservation_view(self, account_id: str, reservation_id: str) -> dict[str, Any] | None: ...
+    def buckets_view(self, account_id: str, now_ns: int) -> list[dict[str, Any]]: ...
+    def has_charge(self, account_id: str, charge_id: str) -> bool: ...
+    def has_grant(self, account_id: str, grant_id: str) -> bool: ...
+    def account_ids(self) -> list[str]: ...
+    def check_invariants(self) -> None:
+        """Raise LedgerCorrupt if any invariant is broken."""
+    def stats(self) -> dict[str, int]: ...

@@ -1,0 +1,192 @@
+# cython: language_level=3
+"""The deterministic core: a pure, synchronous ledger state machine (see README.md).
+
+One extension module built from small topic files; the semantics are those of the plain-Python
+reference model in tests/model/reference.py.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy, memcmp, memmove, memset
+from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE
+
+cdef extern from "Python.h":
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_UnTrack(object o)
+
+include "util.pxi"
+include "heap.pxi"
+include "table.pxi"
+include "lots.pxi"
+include "buckets.pxi"
+include "holds.pxi"
+include "ops.pxi"
+include "journal.pxi"
+include "replay.pxi"
+include "views.pxi"
+include "invariants.pxi"
+
+
+@cython.final
+@cython.no_gc
+cdef class Account:
+    """One account: counters, its lots (C array) and its buckets. Internal, never handed out."""
+
+    def __dealloc__(self):
+        PyMem_Free(self.lots)
+
+
+@cython.final
+@cython.no_gc
+cdef class Bucket:
+    pass
+
+
+@cython.final
+cdef class Ledger:
+    """The ledger. `apply` judges a batch of op tuples at `now_ns`; `take_journal` returns the
+    redo record of what changed; `snapshot` / `from_snapshot` / `replay` rebuild it."""
+
+    def __cinit__(self):
+        self.accounts = {}
+        self.ceilings = {}
+        table_init(&self.recs, 1024)
+        self.holds_q.kind = HQ_HOLDS
+        self.lots_q.kind = HQ_LOTS
+        self.purge_q.kind = HQ_PURGE
+
+    def __init__(self, *, retention_ns=86_400_000_000_000):
+        if not (isinstance(retention_ns, int) and 0 <= retention_ns <= TTL_NS_MAX):
+            raise ValueError("retention_ns must be an int in [0, TTL_NS_MAX]")
+        self.retention_ns = retention_ns
+
+    def __dealloc__(self):
+        cdef size_t i
+        cdef Py_ssize_t j
+        cdef Rec* r
+        for j in range(self.dirty_recs.n):
+            r = <Rec*>self.dirty_recs.a[j]
+            if r.flags & RF_DEAD:
+                rec_free(r)
+        if self.recs.slots != NULL:
+            for i in range(self.recs.mask + 1):
+                if self.recs.slots[i] != 0:
+                    rec_free(slot_rec(self.recs.slots[i]))
+            PyMem_Free(self.recs.slots)
+        heap_clear(&self.holds_q)
+        heap_clear(&self.lots_q)
+        heap_clear(&self.purge_q)
+        PyMem_Free(self.jbuf.p)
+        PyMem_Free(self.dirty_accts.a)
+        PyMem_Free(self.dirty_recs.a)
+
+    def apply(self, ops, now_ns):
+        """Judge `ops` in order at `now_ns`; one result tuple per op."""
+        cdef Py_ssize_t n, i
+        cdef int64_t now
+        cdef list results
+        # A private tuple: nothing the ops run (a str subclass's __hash__, say) can resize it.
+        cdef object seq = ops if type(ops) is tuple else tuple(ops)
+        cdef PyObject** items = PySequence_Fast_ITEMS(seq)
+        cdef object r
+        n = PySequence_Fast_GET_SIZE(seq)
+        if n > BATCH_OPS_MAX:
+            raise ValueError("batch larger than BATCH_OPS_MAX")
+        if not (get_i64(now_ns, &now) and 0 <= now < NOW_NS_LIMIT):
+            raise ValueError("now_ns out of range")
+        results = PyList_New(n)
+        self.replayed_at = []
+        for i in range(n):
+            self.replayed = False
+            r = apply_one(self, <object>items[i], now)
+            if self.replayed:
+                self.replayed_at.append(i)
+            # Results hold only ints, bools and strs: keep them out of the GC's young generation.
+            if PyObject_GC_IsTracked(r):
+                PyObject_GC_UnTrack(r)
+            Py_INCREF(r)
+            PyList_SET_ITEM(results, i, r)
+        if QUOTA_DEBUG:
+            check_invariants(self)
+        return results
+
+    def replayed_indices(self):
+        """Indices, within the last `apply`'s ops, of those answered from a stored result
+        (idempotent replays): the engine derives usage records and events only from the rest."""
+        return [] if self.replayed_at is None else list(self.replayed_at)
+
+    def take_journal(self):
+        """The redo record of everything changed since the last take (b"" if nothing)."""
+        return take_journal(self)
+
+    def snapshot(self):
+        """The whole state, in the journal format."""
+        return snapshot(self)
+
+    @staticmethod
+    def from_snapshot(blob, *, retention_ns=86_400_000_000_000):
+        """A ledger with exactly the state of `blob` (ValueError if it is not a valid snapshot)."""
+        cdef Ledger led = Ledger(retention_ns=retention_ns)
+        replay(led, blob, J_SNAPSHOT)
+        if QUOTA_DEBUG:
+            check_invariants(led)
+        return led
+
+    def replay(self, record):
+        """Apply a redo record (state overwrite, no logic re-run). A corrupt or truncated record
+        raises ValueError and leaves the ledger unchanged."""
+        if len(record) == 0:
+            return
+        replay(self, record, J_JOURNAL)
+        if QUOTA_DEBUG:
+            check_invariants(self)
+
+    def account_view(self, account_id, now_ns):
+        return account_view(self, account_id, _now(now_ns))
+
+    def lots_view(self, account_id, now_ns):
+        return lots_view(self, account_id, _now(now_ns))
+
+    def reservation_view(self, account_id, reservation_id):
+        return reservation_view(self, account_id, reservation_id)
+
+    def buckets_view(self, account_id, now_ns):
+        cdef Account a = lookup(self, account_id)
+        return [] if a is None else buckets_view(a, _now(now_ns))
+
+    def has_charge(self, account_id, charge_id):
+        """Whether a charge with this id is remembered (its replay returns the stored result)."""
+        return has_rec(self, account_id, charge_id, REC_CHARGE)
+
+    def has_grant(self, account_id, grant_id):
+        return has_rec(self, account_id, grant_id, REC_GRANT)
+
+    def account_ids(self):
+        return sorted(self.accounts)
+
+    def check_invariants(self):
+        """Raise LedgerCorrupt if any invariant is broken."""
+        check_invariants(self)
+
+    def stats(self):
+        """Sizes of the tables and queues (for benchmarks and operators)."""
+        return {
+            "accounts": len(self.accounts),
+            "records": self.recs.n,
+            "open_holds": self.holds_q.n,
+            "lot_queue": self.lots_q.n,
+            "purge_queue": self.purge_q.n,
+            "seq": self.seq,
+        }
+
+
+cdef int64_t _now(object now_ns) except? -1:
+    cdef int64_t now
+    if not (get_i64(now_ns, &now) and 0 <= now < NOW_NS_LIMIT):
+        raise ValueError("now_ns out of range")
+    return now

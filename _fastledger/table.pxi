@@ -1,0 +1,192 @@
+# One open-addressing hash table (linear probing, backward-shift deletion) holds every
+# reservation, charge record and grant record, keyed by (account, kind, id). Records are C
+# structs with the id's bytes stored inline: no Python object per record. A slot is the record
+# pointer with 16 more bits of the hash in its top bits, so a probe rarely touches a record
+# that is not the one looked for.
+
+cdef extern from *:
+    """
+    #define FL_PTR_MASK ((uint64_t)0x0000FFFFFFFFFFFFULL)
+    """
+    const uint64_t PTR_MASK "FL_PTR_MASK"
+
+
+cdef inline size_t rec_size(uint8_t kind) noexcept nogil:
+    return sizeof(Hold) if kind == REC_HOLD else sizeof(Idem)
+
+
+cdef inline char* rec_rid(Rec* r) noexcept nogil:
+    return (<char*>r) + rec_size(r.kind)
+
+
+cdef inline object rec_rid_str(Rec* r):
+    return PyUnicode_FromStringAndSize(rec_rid(r), r.rlen)
+
+
+cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
+    cdef uint64_t ah = <uint32_t>fl_hash(id_data(a.aid), PyUnicode_GET_LENGTH(a.aid), 0x51ed27)
+    return fl_hash(rid, <size_t>rlen, (ah << 8) ^ kind)
+
+
+cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
+    return <Rec*>(s & PTR_MASK)
+
+
+cdef int table_init(Table* t, size_t cap) except -1:
+    t.slots = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+    if t.slots == NULL:
+        raise MemoryError()
+    memset(t.slots, 0, cap * sizeof(uint64_t))
+    t.mask = cap - 1
+    t.n = 0
+    return 0
+
+
+cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssize_t rlen,
+                     uint64_t h) noexcept:
+    cdef size_t i = h & t.mask
+    cdef uint64_t tag = h >> 48
+    cdef uint64_t s
+    cdef Rec* r
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            return NULL
+        if (s >> 48) == tag:
+            r = slot_rec(s)
+            if (r.acct == <PyObject*>a and r.kind == kind and r.rlen == rlen
+                    and memcmp(rec_rid(r), rid, rlen) == 0):
+                return r
+        i = (i + 1) & t.mask
+
+
+cdef inline void table_place(Table* t, uint64_t s) noexcept:
+    cdef size_t i = slot_rec(s).hash & t.mask
+    while t.slots[i] != 0:
+        i = (i + 1) & t.mask
+    t.slots[i] = s
+
+
+cdef int table_grow(Table* t) except -1:
+    cdef uint64_t* old = t.slots
+    cdef size_t old_cap = t.mask + 1
+    cdef size_t i, n = t.n
+    table_init(t, old_cap * 2)
+    for i in range(old_cap):
+        if old[i] != 0:
+            table_place(t, old[i])
+    t.n = n
+    PyMem_Free(old)
+    return 0
+
+
+cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
+    """Insert a record whose key is not in the table."""
+    if (<uint64_t>r) & ~PTR_MASK:
+        raise SystemError("a record address does not fit in 48 bits")
+    if (t.n + 1) * 4 > (t.mask + 1) * 3:
+        table_grow(t)
+    table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
+    t.n += 1
+    return 0
+
+
+cdef void table_remove(Table* t, Rec* r) noexcept:
+    cdef size_t i = r.hash & t.mask
+    cdef size_t j, k
+    while slot_rec(t.slots[i]) != r:
+        i = (i + 1) & t.mask
+    j = i
+    while True:
+        j = (j + 1) & t.mask
+        if t.slots[j] == 0:
+            break
+        k = slot_rec(t.slots[j]).hash & t.mask
+        # Leave slot j alone if its home k lies cyclically in (i, j].
+        if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
+            continue
+        t.slots[i] = t.slots[j]
+        i = j
+    t.slots[i] = 0
+    t.n -= 1
+
+
+cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int64_t seq,
+                  int64_t fp) except NULL:
+    cdef Py_ssize_t rlen = PyUnicode_GET_LENGTH(rid)
+    cdef size_t size = rec_size(kind)
+    cdef Rec* r = <Rec*>PyMem_Malloc(size + rlen)
+    if r == NULL:
+        raise MemoryError()
+    memset(r, 0, size)
+    memcpy((<char*>r) + size, id_data(rid), rlen)
+    r.hash = <uint32_t>h
+    r.kind = kind
+    r.rlen = <uint16_t>rlen
+    r.acct = <PyObject*>a
+    Py_INCREF(a)
+    r.seq = seq
+    r.fp = fp
+    if kind == REC_HOLD:
+        (<Hold*>r).hidx = -1
+    else:
+        (<Idem*>r).pidx = -1
+    try:
+        table_insert(&L.recs, r, h)
+    except BaseException:
+        rec_free(r)
+        raise
+    return r
+
+
+cdef inline void hold_set_extra(Hold* h, object meta, object taken) noexcept:
+    """Keep the hold's meta bytes and bucket takes (NULL when both are empty)."""
+    cdef object extra = (meta, taken)
+    Py_INCREF(extra)
+    h.extra = <PyObject*>extra
+
+
+cdef void hold_clear_parts(Hold* h) noexcept:
+    PyMem_Free(h.more)
+    h.more = NULL
+    h.nmore = 0
+    Py_XDECREF(h.extra)
+    h.extra = NULL
+    PyMem_Free(h.aux)
+    h.aux = NULL
+
+
+cdef void rec_free(Rec* r) noexcept:
+    if r.kind == REC_HOLD:
+        hold_clear_parts(<Hold*>r)
+    Py_XDECREF(r.acct)
+    PyMem_Free(r)
+
+
+cdef int mark_rec(Ledger L, Rec* r) except -1:
+    if not (r.flags & RF_DIRTY):
+        r.flags |= RF_DIRTY
+        vec_push(&L.dirty_recs, r)
+    return 0
+
+
+cdef void rec_detach(Ledger L, Rec* r) noexcept:
+    """Remove a record from the table and its queues (the caller frees it)."""
+    cdef Hold* h
+    table_remove(&L.recs, r)
+    if r.kind == REC_HOLD:
+        h = <Hold*>r
+        if h.hidx >= 0:
+            heap_remove_at(&L.holds_q, h.hidx)
+        if h.aux != NULL and h.aux.pidx >= 0:
+            heap_remove_at(&L.purge_q, h.aux.pidx)
+    elif (<Idem*>r).pidx >= 0:
+        heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
+
+
+cdef int rec_kill(Ledger L, Rec* r) except -1:
+    """Purge a record; it is freed once the journal has its tombstone."""
+    rec_detach(L, r)
+    r.flags |= RF_DEAD
+    mark_rec(L, r)
+    return 0

@@ -1,0 +1,164 @@
+"""Malformed input is a status, never a crash; only an oversized batch or a bad clock raises."""
+
+from __future__ import annotations
+
+import pytest
+
+from _fastledger import codes as C
+
+from .helpers import SECOND, bucket, charge, check, commit, expire, extend, grant, release, reserve, upsert
+
+GOOD_128 = "a" * 128
+BAD_IDS = ["", "a" * 129, "has space", "ümlaut", "tab\t", "semi;colon", 7, None, b"bytes", ("a",)]
+
+
+@pytest.mark.parametrize("aid", BAD_IDS)
+def test_bad_account_ids(d, aid):
+    for op in (upsert(aid), grant(aid), reserve(aid), commit(aid), release(aid), extend(aid),
+               charge(aid), check(aid), bucket(aid)):
+        assert d(op) == (C.INVALID_ID,), op
+
+
+@pytest.mark.parametrize("rid", BAD_IDS)
+def test_bad_record_ids(d, rid):
+    for op in (grant("a", rid), reserve("a", rid), commit("a", rid), release("a", rid),
+               extend("a", rid), charge("a", rid)):
+        assert d(op) == (C.INVALID_ID,), op
+
+
+def test_id_length_boundary(d):
+    """128 characters is an id, 129 is not; every allowed punctuation character is accepted."""
+    assert d(upsert(GOOD_128)) == (C.OK, True)
+    assert d(upsert("b" * 129)) == (C.INVALID_ID,)
+    odd = "A-z.0_9:@/x"
+    assert d(upsert(odd)) == (C.OK, True)
+    assert d(grant(odd, GOOD_128, 5)) == (C.OK, 5)
+    assert d(reserve(odd, GOOD_128, 5)) == (C.OK, 1, 5, 0, 60 * SECOND, 0, "")
+    assert d.res(GOOD_128, odd)["reservation_id"] == GOOD_128
+
+
+def test_str_subclass_id_is_accepted(d):
+    class Id(str):
+        pass
+
+    assert d(grant(Id("a"), Id("g1"), 5)) == (C.OK, 5)
+
+
+def test_plan_id_is_validated(d):
+    assert d(upsert("b", plan="bad plan")) == (C.INVALID_ID,)
+    assert d(upsert("b", plan=None)) == (C.PLAN_REQUIRED,)
+    assert d.account("b") is None
+
+
+@pytest.mark.parametrize("op, status", [
+    ((), C.INVALID_ARGUMENT),
+    ((99, "a"), C.INVALID_ARGUMENT),
+    ((0,), C.INVALID_ARGUMENT),
+    ((True, "a", "g", 1, 5, 1, 0, 0), C.INVALID_ARGUMENT),        # a bool is not an op code
+    ((2 ** 70,), C.INVALID_ARGUMENT),
+    (("2", "a", "g", 1, 5, 1, 0, 0), C.INVALID_ARGUMENT),
+    ([C.OP_GRANT, "a", "g", 1, 5, 1, 0, 0], C.INVALID_ARGUMENT),   # a list is not an op tuple
+    ("not an op", C.INVALID_ARGUMENT),
+    (None, C.INVALID_ARGUMENT),
+    ((C.OP_RESERVE, "a"), C.INVALID_ARGUMENT),
+    ((C.OP_GRANT, "a", "g", 1, 5, 1, 0), C.INVALID_ARGUMENT),
+    ((C.OP_EXPIRE,), C.INVALID_ARGUMENT),
+    ((C.OP_EXPIRE, 1, 2), C.INVALID_ARGUMENT),
+    ((C.OP_RELEASE, "a", "r", "extra"), C.INVALID_ARGUMENT),
+])
+def test_malformed_op_tuples(d, op, status):
+    assert d(op) == (status,)
+
+
+@pytest.mark.parametrize("op, status", [
+    (grant(fp="1"), C.INVALID_ARGUMENT),
+    (grant(fp=2 ** 63), C.INVALID_ARGUMENT),
+    (grant(amount=0), C.INVALID_AMOUNT),
+    (grant(amount=-1), C.INVALID_AMOUNT),
+    (grant(amount=C.AMOUNT_MAX + 1), C.INVALID_AMOUNT),
+    (grant(amount=True), C.INVALID_AMOUNT),
+    (grant(amount=5.0), C.INVALID_AMOUNT),
+    (grant(category=0), C.INVALID_ARGUMENT),
+    (grant(category=5), C.INVALID_ARGUMENT),
+    (grant(priority=2 ** 31), C.INVALID_ARGUMENT),
+    (grant(priority=-(2 ** 31) - 1), C.INVALID_ARGUMENT),
+    (grant(expires_ns=-1), C.INVALID_ARGUMENT),
+    (reserve(fp=None), C.INVALID_ARGUMENT),
+    (reserve(amount=-1), C.INVALID_AMOUNT),
+    (reserve(amount=C.AMOUNT_MAX + 1), C.INVALID_AMOUNT),
+    (reserve(min_amount=-1), C.INVALID_AMOUNT),
+    (reserve(ttl_ns=0), C.INVALID_TTL),
+    (reserve(ttl_ns=-5), C.INVALID_TTL),
+    (reserve(ttl_ns=C.TTL_NS_MAX + 1), C.INVALID_TTL),
+    (reserve(allow_partial=1), C.INVALID_ARGUMENT),
+    (reserve(feature_allowed=None), C.INVALID_ARGUMENT),
+    (reserve(on_expire=0), C.INVALID_ARGUMENT),
+    (reserve(on_expire=3), C.INVALID_ARGUMENT),
+    (reserve(buckets=[("rpm", 1, 1, 1, 1)]), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 1, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("bad name", 1, 1, 1, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 0, 1, 1, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 0, 1, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 1, 0, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 1, C.TTL_NS_MAX + 1, 1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 1, 1, -1),)), C.INVALID_ARGUMENT),
+    (reserve(buckets=(("rpm", 1, 1, 1, 1), ("rpm", 2, 1, 1, 1))), C.INVALID_ARGUMENT),
+    (reserve(buckets=tuple((f"b{i}", 1, 1, 1, 1) for i in range(9))), C.INVALID_ARGUMENT),
+    (reserve(meta="text"), C.INVALID_ARGUMENT),
+    (reserve(meta=b"x" * 1025), C.INVALID_ARGUMENT),
+    (commit(fp=1.5), C.INVALID_ARGUMENT),
+    (commit(amount=-2), C.INVALID_AMOUNT),
+    (commit(amount=C.AMOUNT_MAX + 1), C.INVALID_AMOUNT),
+    (commit(bucket_costs="x"), C.INVALID_ARGUMENT),
+    (commit(bucket_costs=(("rpm",),)), C.INVALID_ARGUMENT),
+    (commit(bucket_costs=(("rpm", -1),)), C.INVALID_ARGUMENT),
+    (extend(hold_total=-1), C.INVALID_AMOUNT),
+    (extend(ttl_ns=-1), C.INVALID_TTL),
+    (extend(ttl_ns=C.TTL_NS_MAX + 1), C.INVALID_TTL),
+    (charge(amount=-1), C.INVALID_AMOUNT),
+    (charge(feature_allowed="yes"), C.INVALID_ARGUMENT),
+    (check(amount=C.AMOUNT_MAX + 1), C.INVALID_AMOUNT),
+    (check(buckets=None), C.INVALID_ARGUMENT),
+    (bucket(spec=("rpm", 3, 1)), C.INVALID_ARGUMENT),
+    (bucket(spec=["rpm", 3, 1, 1]), C.INVALID_ARGUMENT),
+    (bucket(delta=C.AMOUNT_MAX + 1), C.INVALID_ARGUMENT),
+    (bucket(delta="1"), C.INVALID_ARGUMENT),
+    (upsert(status=3), C.INVALID_ARGUMENT),
+    (upsert(status=True), C.INVALID_ARGUMENT),
+    (upsert(credit_limit=-1), C.INVALID_AMOUNT),
+    (upsert(credit_limit=C.AMOUNT_MAX + 1), C.INVALID_AMOUNT),
+    (upsert(max_open_holds=C.HOLDS_PER_ACCOUNT_MAX + 1), C.INVALID_ARGUMENT),
+    (upsert(unlimited=1), C.INVALID_ARGUMENT),
+    (expire(-1), C.INVALID_ARGUMENT),
+    (expire(None), C.INVALID_ARGUMENT),
+])
+def test_malformed_fields(d, op, status):
+    """Each malformed field has its status, and nothing changed."""
+    before = d.account()
+    assert d(op) == (status,)
+    assert d.account() == before
+
+
+def test_validation_happens_before_lookup(d):
+    """A malformed field wins over an unknown account (the model's order)."""
+    assert d(grant("nobody", amount=0)) == (C.INVALID_AMOUNT,)
+    assert d(reserve("nobody", ttl_ns=0)) == (C.INVALID_TTL,)
+    assert d(commit("nobody", "bad id")) == (C.INVALID_ID,)
+    assert d(grant("nobody")) == (C.ACCOUNT_NOT_FOUND,)
+
+
+def test_batch_limit_and_clock_raise(led):
+    assert led.apply([], 0) == []
+    assert led.apply([expire()] * C.BATCH_OPS_MAX, 0)[-1] == (C.OK, 0)
+    with pytest.raises(ValueError):
+        led.apply([expire()] * (C.BATCH_OPS_MAX + 1), 0)
+    for now in (-1, C.NOW_NS_LIMIT, 2 ** 64, "0", 1.0):
+        with pytest.raises(ValueError):
+            led.apply([expire()], now)
+    assert led.apply((expire() for _ in range(2)), 5) == [(C.OK, 0), (C.OK, 0)]
+
+
+def test_grant_already_expired_is_refused(d):
+    d.advance(10)
+    assert d(grant(expires_ns=10)) == (C.INVALID_ARGUMENT,)
+    assert d(grant(expires_ns=11)) == (C.OK, 100)
