@@ -47,12 +47,15 @@ class EngineOptions:
 
 
 class _Pending:
-    __slots__ = ("op", "future", "derive")
+    """One submission: a single op (a unary RPC) or a group of ops (a Batch) with one future."""
 
-    def __init__(self, op: tuple, future: asyncio.Future, derive: Derive | None) -> None:
-        self.op = op
+    __slots__ = ("ops", "derives", "future", "single")
+
+    def __init__(self, ops: list[tuple], derives: list | None, future: asyncio.Future, single: bool) -> None:
+        self.ops = ops
+        self.derives = derives  # aligned with ops, or None when no op derives anything
         self.future = future
-        self.derive = derive
+        self.single = single
 
 
 class Engine:
@@ -76,6 +79,7 @@ class Engine:
         self.seq = 0
         self._snapshot_seq = 0
         self._pending: list[_Pending] = []
+        self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
@@ -137,6 +141,7 @@ class Engine:
             if not item.future.done():
                 item.future.set_exception(ShuttingDown())
         self._pending.clear()
+        self._queued_ops = 0
         if self.fatal is None and self.epoch:
             with contextlib.suppress(Exception):
                 await self.storage.release_lease(self.epoch)
@@ -166,26 +171,31 @@ class Engine:
     async def submit(self, op: tuple, derive: Derive | None = None) -> tuple:
         """Apply one mutation; returns its result once it is durable."""
         self._check_accepting()
-        if len(self._pending) >= self.options.max_queue:
+        if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(op, future, derive))
+        self._pending.append(_Pending([op], None if derive is None else [derive], future, True))
+        self._queued_ops += 1
         self._wake.set()
         return await future
 
     async def submit_many(self, items: list[tuple[tuple, Derive | None]]) -> list[tuple]:
-        """Apply several mutations (Batch); results in order, each once durable."""
+        """Apply several mutations (Batch) in order; their results once all are durable.
+
+        The group shares one future and always lands in one flush (so in one storage write).
+        """
         self._check_accepting()
-        if len(self._pending) + len(items) > self.options.max_queue:
+        if self._queued_ops + len(items) > self.options.max_queue:
             raise Overloaded()
-        loop = asyncio.get_running_loop()
-        futures = []
-        for op, derive in items:
-            future = loop.create_future()
-            self._pending.append(_Pending(op, future, derive))
-            futures.append(future)
+        ops = [op for op, _ in items]
+        derives = [derive for _, derive in items]
+        if not any(derives):
+            derives = None
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(ops, derives, future, False))
+        self._queued_ops += len(ops)
         self._wake.set()
-        return list(await asyncio.gather(*futures))
+        return await future
 
     def read(self, op: tuple) -> tuple:
         """Apply a non-mutating op (CHECK) at once, outside the write path.
@@ -213,9 +223,25 @@ class Engine:
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
             self._die(exc)
 
+    def _take_batch(self) -> list[_Pending]:
+        """The next batch: queued submissions up to `max_batch` ops (a group is never split)."""
+        pending = self._pending
+        n_ops = 0
+        count = 0
+        limit = self.options.max_batch
+        for item in pending:
+            size = len(item.ops)
+            if count and n_ops + size > limit:
+                break
+            n_ops += size
+            count += 1
+        batch = pending[:count]
+        del pending[:count]
+        self._queued_ops -= n_ops
+        return batch
+
     async def _flush_once(self) -> None:
-        batch = self._pending[: self.options.max_batch]
-        del self._pending[: len(batch)]
+        batch = self._take_batch()
         try:
             await self._flush_batch(batch)
         except BaseException:
@@ -230,24 +256,34 @@ class Engine:
         now_ns = self.now_ns()
         now_ms = now_ns // 1_000_000
         ops = [(C.OP_EXPIRE, self.options.sweep_max_items)]
-        fresh_flags = self._fresh_flags(batch)
-        ops.extend(item.op for item in batch)
+        for item in batch:
+            ops.extend(item.ops)
         results = self.ledger.apply(ops, now_ns)
+        # Ops answered from a stored idempotency record: replays derive no usage or events.
+        replayed = set(self.ledger.replayed_indices())
         record = self.ledger.take_journal()
         usage: list[UsageRow] = []
-        events: list[EventRow] = []
         event_specs: list[tuple[str, str, dict]] = []
-        for item, result, fresh in zip(batch, results[1:], fresh_flags):
-            if item.derive is not None and result[0] == C.OK:
-                rows, evs = item.derive(item.op, result, fresh, now_ms)
-                usage.extend(rows)
-                event_specs.extend(evs)
+        index = 1
+        for item in batch:
+            derives = item.derives
+            if derives is not None:
+                for j, derive in enumerate(derives):
+                    result = results[index + j]
+                    if derive is not None and result[0] == C.OK:
+                        rows, evs = derive(item.ops[j], result, index + j not in replayed, now_ms)
+                        if rows:
+                            usage.extend(rows)
+                        if evs:
+                            event_specs.extend(evs)
+            index += len(item.ops)
+        events: list[EventRow] = []
         if record:
             seq = self.seq + 1
-            for index, (etype, account_id, attrs) in enumerate(event_specs):
+            for n, (etype, account_id, attrs) in enumerate(event_specs):
                 events.append(
                     EventRow(
-                        event_id=seq * EVENTS_PER_SEQ + index + 1,
+                        event_id=seq * EVENTS_PER_SEQ + n + 1,
                         account_id=account_id,
                         type=etype,
                         at_ms=now_ms,
@@ -255,42 +291,15 @@ class Engine:
                     )
                 )
             await self._persist(seq, record, usage, events)
-        for item, result in zip(batch, results[1:]):
+        index = 1
+        for item in batch:
+            size = len(item.ops)
             if not item.future.done():
-                item.future.set_result(result)
+                item.future.set_result(results[index] if item.single else results[index:index + size])
+            index += size
         if events:
             async with self.events_written:
                 self.events_written.notify_all()
-
-    def _fresh_flags(self, batch: list[_Pending]) -> list[bool]:
-        """Whether each commit/charge is a first execution (not an idempotent replay).
-
-        Only a first execution produces usage rows; decided from the state before apply, and a
-        second op on the same id in the same batch is a replay.
-        """
-        seen: set[tuple] = set()
-        flags = []
-        ledger = self.ledger
-        for item in batch:
-            op = item.op
-            code = op[0]
-            fresh = False
-            if code == C.OP_COMMIT:
-                key = (code, op[1], op[2])
-                if key not in seen:
-                    view = ledger.reservation_view(op[1], op[2]) if isinstance(op[1], str) else None
-                    fresh = view is not None and view["state"] in (C.RES_HELD, C.RES_EXPIRED)
-                    seen.add(key)
-            elif code == C.OP_CHARGE or code == C.OP_GRANT:
-                key = (code, op[1], op[2])
-                if key not in seen:
-                    has = ledger.has_charge if code == C.OP_CHARGE else ledger.has_grant
-                    fresh = isinstance(op[1], str) and isinstance(op[2], str) and not has(op[1], op[2])
-                    seen.add(key)
-            else:
-                fresh = True
-            flags.append(fresh)
-        return flags
 
     async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
         """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile."""
@@ -345,7 +354,9 @@ class Engine:
         while self._running:
             await asyncio.sleep(interval)
             if not self._pending and self._idle.is_set() and self._accepting and not self.storage_down:
-                self._pending.append(_Pending((C.OP_EXPIRE, 0), asyncio.get_running_loop().create_future(), None))
+                future = asyncio.get_running_loop().create_future()
+                self._pending.append(_Pending([(C.OP_EXPIRE, 0)], None, future, True))
+                self._queued_ops += 1
                 self._wake.set()
 
     async def _lease_loop(self) -> None:
@@ -379,6 +390,7 @@ class Engine:
             if not item.future.done():
                 item.future.set_exception(ShuttingDown())
         self._pending.clear()
+        self._queued_ops = 0
         if self.on_fatal is not None:
             self.on_fatal(exc)
 

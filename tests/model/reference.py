@@ -186,7 +186,21 @@ class Ledger:
             raise ValueError("batch larger than BATCH_OPS_MAX")
         if not 0 <= now_ns < C.NOW_NS_LIMIT:
             raise ValueError("now_ns out of range")
-        return [self._apply_one(op, now_ns) for op in ops]
+        self._replayed: list[int] = []
+        results = []
+        for index, op in enumerate(ops):
+            self._op_index = index
+            results.append(self._apply_one(op, now_ns))
+        return results
+
+    def replayed_indices(self) -> list[int]:
+        """Indices, within the last `apply`'s ops, of those answered from a stored result
+        (idempotent replays): the engine derives usage records and events only from the rest."""
+        return list(self._replayed)
+
+    def _replay(self, result: tuple) -> tuple:
+        self._replayed.append(self._op_index)
+        return result
 
     def _apply_one(self, op, now: int) -> tuple:
         if not isinstance(op, tuple) or not op:
@@ -285,7 +299,7 @@ class Ledger:
             return (acct,)
         record = self.grants.get((account_id, grant_id))
         if record is not None:
-            return record.result if record.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
+            return self._replay(record.result) if record.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
         paid = min(acct.debt, amount)
         rest = amount - paid
         if rest > 0 and len(acct.lots) >= C.LOTS_PER_ACCOUNT_MAX:
@@ -470,7 +484,7 @@ class Ledger:
             return (acct,)
         res = self.reservations.get((account_id, reservation_id))
         if res is not None:
-            return res.reserve_result if res.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
+            return self._replay(res.reserve_result) if res.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
         try:
             decision, held, retry, limit = self._decide(
                 acct, amount, feature_allowed, buckets, now,
@@ -595,9 +609,9 @@ class Ledger:
         if res.state == C.RES_RELEASED:
             return (C.RESERVATION_RELEASED,)
         if res.state == C.RES_COMMITTED:
-            if res.auto_committed:
-                return res.commit_result
-            return res.commit_result if res.commit_fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
+            if res.auto_committed or res.commit_fp == fp:
+                return self._replay(res.commit_result)
+            return (C.IDEMPOTENCY_KEY_REUSED,)
         actual = res.amount if amount == -1 else amount
         if res.state == C.RES_EXPIRED:
             _checked(acct.uncollected + actual)
@@ -639,7 +653,7 @@ class Ledger:
         if res.state == C.RES_COMMITTED:
             return (C.RESERVATION_COMMITTED,)
         if res.state == C.RES_RELEASED:
-            return res.release_result
+            return self._replay(res.release_result)
         if res.state == C.RES_EXPIRED:
             res.state = C.RES_RELEASED
             res.release_result = (C.OK, 0, acct.available)
@@ -710,7 +724,7 @@ class Ledger:
             return (acct,)
         record = self.charges.get((account_id, charge_id))
         if record is not None:
-            return record.result if record.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
+            return self._replay(record.result) if record.fp == fp else (C.IDEMPOTENCY_KEY_REUSED,)
         try:
             decision, _, retry, limit = self._decide(
                 acct, amount, feature_allowed, buckets, now,
@@ -802,9 +816,16 @@ class Ledger:
             else:
                 table = self.grants if kind == "grant" else self.charges
                 record = table.get(key)
-                if record is None or record.seq != seq:
+                if record is None or record.seq != seq or record.purge_ns != purge_ns:
                     continue
-                del table[key]
+                acct = self.accounts.get(account_id)
+                if kind == "grant" and acct is not None and acct.find_lot(item_id) is not None:
+                    # Lot ids are grant ids: the record lives as long as its lot, so a retry can
+                    # never create a second lot with the same id.
+                    record.purge_ns = now + self.retention_ns
+                    heapq.heappush(self.purge_queue, (record.purge_ns, seq, kind, account_id, item_id))
+                else:
+                    del table[key]
             done += 1
         return (C.OK, done)
 

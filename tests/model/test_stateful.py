@@ -163,6 +163,7 @@ class CoreMatchesModel(RuleBasedStateMachine):
         expected = self.model.apply(ops, self.now)
         got = self.core.apply(ops, self.now)
         assert got == expected, f"ops={ops!r} now={self.now}"
+        assert self.core.replayed_indices() == self.model.replayed_indices()
         record = self.core.take_journal()
         if record:
             self.records.append(record)

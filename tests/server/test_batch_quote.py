@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import grpc
+from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import quota_service_pb2 as pb
 from quota.v1.enums_pb2 import DECISION_INSUFFICIENT_CREDITS as INSUFFICIENT
 from quota.v1.enums_pb2 import DECISION_OK as OK
@@ -122,3 +123,20 @@ async def test_batch_larger_than_max_batch_ops_fails_as_a_whole(server):
     ok = await server.quota.Batch(pb.BatchRequest(ops=ops[:1_000]))
     assert len(ok.results) == 1_000
     assert await server.available("acct") == 1_000
+
+
+async def test_reserve_and_commit_in_one_batch_write_exactly_one_usage_record(server):
+    """Regression: a Reserve and its Commit applied in the same flush (here, one Batch) wrote no
+    usage record, because first executions were told apart by the state before the flush. The
+    core now reports which ops were replays; a replay of the same Batch adds nothing."""
+    await server.open_account("acct", grant=100)
+    batch = pb.BatchRequest(ops=[
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct", reservation_id="r1", amount=10)),
+        pb.BatchOp(commit=pb.CommitRequest(account_id="acct", reservation_id="r1", amount=7)),
+    ])
+    first = await server.quota.Batch(batch)
+    assert first.results[1].commit.amount_charged == 7
+    again = await server.quota.Batch(batch)
+    assert again == first
+    usage = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct"))
+    assert [(r.reservation_id, r.amount_charged) for r in usage.records] == [("r1", 7)]
