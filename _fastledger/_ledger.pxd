@@ -164,3 +164,4 @@ cdef class Ledger:
     cdef dict ceilings          # account -> debt + overdraft ceiling after a credit-limit cut
     cdef bint replayed          # the op being applied was answered from a stored result
     cdef list replayed_at       # indices of such ops in the last apply
+    cdef list expired_log       # holds expired since the last take_expired(), see there

@@ -22,6 +22,7 @@ class Ledger:
         Raises ValueError only for more than BATCH_OPS_MAX ops or `now_ns` outside
         [0, NOW_NS_LIMIT); every malformed op is a status in its result.
         """
+    def take_expired(self) -> list[tuple[str, str, int, int, int, bytes]]: ...
     def replayed_indices(self) -> list[int]:
         """Indices, within the last `apply`'s ops, of those answered from a stored result."""
     def take_journal(self) -> bytes:

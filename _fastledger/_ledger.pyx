@@ -59,6 +59,7 @@ cdef class Ledger:
         self.holds_q.kind = HQ_HOLDS
         self.lots_q.kind = HQ_LOTS
         self.purge_q.kind = HQ_PURGE
+        self.expired_log = []
 
     def __init__(self, *, retention_ns=86_400_000_000_000):
         if not (isinstance(retention_ns, int) and 0 <= retention_ns <= TTL_NS_MAX):
@@ -119,6 +120,15 @@ cdef class Ledger:
         """Indices, within the last `apply`'s ops, of those answered from a stored result
         (idempotent replays): the engine derives usage records and events only from the rest."""
         return [] if self.replayed_at is None else list(self.replayed_at)
+
+    def take_expired(self):
+        """Holds that expired since the last call, in order, by the sweep or when touched:
+        `(account_id, reservation_id, on_expire, amount_charged, amount_uncharged, meta)`
+        (`on_expire` EXPIRE_COMMIT: committed in full; EXPIRE_RELEASE: released, amounts 0).
+        Not persisted: the engine turns them into usage records and events in the same write."""
+        out = self.expired_log
+        self.expired_log = []
+        return out
 
     def take_journal(self):
         """The redo record of everything changed since the last take (b"" if nothing)."""

@@ -217,10 +217,14 @@ cdef int expire_hold(Ledger L, Account a, Hold* h, int64_t now) except -1:
         x.uncharged = out[2]
         x.avail = acct_available(a)
         x.late = 1
+        L.expired_log.append((a.aid, rec_rid_str(&h.r), EXPIRE_COMMIT, out[0], out[2],
+                              (<tuple>h.extra)[0] if h.extra != NULL else b""))
     else:
         if not (h.hflags & HF_UNBACKED):
             free_earmarks(L, a, h, 0)
         close_hold(L, a, h, RES_EXPIRED, now)
+        L.expired_log.append((a.aid, rec_rid_str(&h.r), EXPIRE_RELEASE, 0, 0,
+                              (<tuple>h.extra)[0] if h.extra != NULL else b""))
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
     return 0

@@ -796,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                             for w in workloads]
         redis = None
         if args.redis:
-            sys.path.insert(0, str(ROOT))
+            sys.path.append(str(ROOT))
             from tests.storage.redis_proc import RedisProcess, redis_server_path
 
             if redis_server_path() is None:

@@ -24,7 +24,7 @@ from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for tests.*; installed packages come first
 
 from quota_server.storage import Storage, UsageRow  # noqa: E402
 from quota_server.storage.redis import RedisStorage  # noqa: E402

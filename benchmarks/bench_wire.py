@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for tests.support; installed packages come first
 
 import _fastledger  # noqa: E402
 from _fastledger import codes as C  # noqa: E402

@@ -469,6 +469,27 @@ def _usage_row(account_id: str, at_ms: int, *, reservation_id: str = "", charge_
     return UsageRow(account_id=account_id, at_ms=at_ms, payload=json.dumps(payload, separators=(",", ":")).encode())
 
 
+def derive_expired(expired: list[tuple], now_ms: int) -> tuple[list[UsageRow], list[tuple[str, str, dict]]]:
+    """Usage rows and events for holds that expired in a flush (`Ledger.take_expired`).
+
+    A hold committed at expiry is a commit like any other: one usage record (late) for what it
+    charged. A released one is only an event.
+    """
+    usage: list[UsageRow] = []
+    events: list[tuple[str, str, dict]] = []
+    for account_id, reservation_id, on_expire, charged, uncharged, meta in expired:
+        if on_expire == C.EXPIRE_COMMIT:
+            data = _decode_meta(meta)
+            usage.append(_usage_row(account_id, now_ms, reservation_id=reservation_id, action=data.get("a", ""),
+                                    quantities={}, charged=charged, uncharged=uncharged,
+                                    labels=data.get("l", {}), late=True))
+            events.append(("hold.committed_at_expiry", account_id,
+                           {"reservation_id": reservation_id, "amount_charged": str(charged)}))
+        else:
+            events.append(("hold.expired", account_id, {"reservation_id": reservation_id}))
+    return usage, events
+
+
 def _credit_events(account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
     events = []
     if uncharged:

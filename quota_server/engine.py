@@ -91,6 +91,8 @@ class Engine:
         self._idle.set()
         self.events_written = asyncio.Condition()
         self.on_health_change: Callable[[bool], None] | None = None
+        # Turns the holds that expired in a flush into usage rows and events (set by the server).
+        self.derive_expired: Callable[[list, int], tuple[list[UsageRow], list]] | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -264,6 +266,9 @@ class Engine:
         record = self.ledger.take_journal()
         usage: list[UsageRow] = []
         event_specs: list[tuple[str, str, dict]] = []
+        expired = self.ledger.take_expired()
+        if expired and self.derive_expired is not None:
+            usage, event_specs = self.derive_expired(expired, now_ms)
         index = 1
         for item in batch:
             derives = item.derives

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2
 
 from .admin import AdminServicer
-from .dataplane import DataPlane, QuotaServicer, add_quota_service
+from .dataplane import DataPlane, QuotaServicer, derive_expired, add_quota_service
 from .engine import Engine, EngineOptions
 from .storage import LeaseHeld, Storage, storage_from_url
 
@@ -73,6 +73,7 @@ class QuotaServer:
         self.storage = make_storage(config)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.engine = Engine(storage=self.storage, owner=owner, options=engine_options(config), clock_ns=clock_ns)
+        self.engine.derive_expired = derive_expired
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0

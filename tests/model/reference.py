@@ -178,6 +178,7 @@ class Ledger:
         self.hold_queue: list[tuple] = []
         self.lot_queue: list[tuple] = []
         self.purge_queue: list[tuple] = []
+        self._expired: list[tuple] = []
 
     # ------------------------------------------------------------------ entry point
 
@@ -564,12 +565,20 @@ class Ledger:
         self._close(acct, res, C.RES_COMMITTED, now)
         return charged, max(0, held - actual), uncharged
 
+    def take_expired(self) -> list[tuple]:
+        """Holds expired since the last call (sweep or touch), in order:
+        (account_id, reservation_id, on_expire, amount_charged, amount_uncharged, meta)."""
+        out, self._expired = self._expired, []
+        return out
+
     def _expire_hold(self, acct: Account, res: Reservation, now: int) -> None:
         if res.on_expire == C.EXPIRE_COMMIT:
             charged, released, uncharged = self._settle_commit(acct, res, res.amount, now)
             res.auto_committed = True
             res.commit_result = (C.OK, charged, released, uncharged, acct.available, True)
+            self._expired.append((acct.account_id, res.reservation_id, C.EXPIRE_COMMIT, charged, uncharged, res.meta))
         else:
+            self._expired.append((acct.account_id, res.reservation_id, C.EXPIRE_RELEASE, 0, 0, res.meta))
             if res.backed:
                 self._free_earmarks(acct, res, 0)
             res.state = C.RES_EXPIRED

@@ -164,6 +164,7 @@ class CoreMatchesModel(RuleBasedStateMachine):
         got = self.core.apply(ops, self.now)
         assert got == expected, f"ops={ops!r} now={self.now}"
         assert self.core.replayed_indices() == self.model.replayed_indices()
+        assert self.core.take_expired() == self.model.take_expired()
         record = self.core.take_journal()
         if record:
             self.records.append(record)

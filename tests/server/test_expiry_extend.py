@@ -104,19 +104,19 @@ async def test_expire_action_commit_charges_the_whole_hold_at_expiry(server):
     assert (failure.code, failure.reason) == (FAILED_PRECONDITION, "RESERVATION_COMMITTED")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: a hold auto-committed at expiry (EXPIRE_ACTION_COMMIT) writes no usage record; the "
-    "engine cannot see which holds the core's EXPIRE sweep committed (needs a core API)"))
 async def test_expire_action_commit_writes_a_usage_record(server):
     """Goal: the auto-commit at expiry is a commit, so it writes exactly one usage record
-    (proto: "UsageRecord is written by every commit and charge")."""
+    (proto: "UsageRecord is written by every commit and charge"), with the reserve's action;
+    a later Commit of it is a replay and adds none. Regression: it wrote none (the engine could
+    not see which holds the sweep committed; the core now reports them)."""
     await server.open_account("acct", grant=100)
     await server.quota.Reserve(reserve("r1", amount=30, action="doc.summarize", ttl_ms=1_000,
                                        on_expire=EXPIRE_ACTION_COMMIT))
     await server.advance(1_000)
     await server.quota.Commit(commit("r1"))
     records = await server.usage("acct")
-    assert [(r.reservation_id, r.amount_charged) for r in records] == [("r1", 30)]
+    assert [(r.reservation_id, r.action, r.amount_charged, r.late) for r in records] == [
+        ("r1", "doc.summarize", 30, True)]
 
 
 # -- extend -----------------------------------------------------------------------------------
