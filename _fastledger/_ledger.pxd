@@ -108,6 +108,7 @@ ctypedef struct Buf:
     char* p
     Py_ssize_t n
     Py_ssize_t cap
+    PyObject* obj               # NULL: p is PyMem memory; else p is this bytes object's storage
 
 
 ctypedef struct BSpec:
@@ -139,6 +140,7 @@ cdef class Account:
     cdef uint8_t unlimited
     cdef uint8_t dirty          # D_CORE / D_BUCKETS: queued for the journal
     cdef uint8_t flags          # AF_OVER: debt + overdraft held above credit_limit (see ceilings)
+    cdef uint32_t ahash         # hash of aid's bytes (rec_hash's account part; aid never changes)
 
 
 cdef class Bucket:
@@ -150,7 +152,8 @@ cdef class Bucket:
 
 
 cdef class Ledger:
-    cdef Buf jbuf               # the journal's write buffer, kept between takes
+    cdef Buf jbuf               # the journal's write buffer (writes straight into the record)
+    cdef Py_ssize_t jhint       # size of the last journal record (first allocation guess)
     cdef dict accounts
     cdef readonly int64_t retention_ns
     cdef int64_t seq

@@ -14,10 +14,15 @@ cdef inline int32_t* rec_pidx(Rec* r) noexcept nogil:
 
 
 cdef inline void heap_place(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
-    h.a[i] = e
-    if h.kind == HQ_HOLDS:
+    heap_place_k(h.a, h.kind, i, e)
+
+
+cdef inline void heap_place_k(HEnt* a, int kind, Py_ssize_t i, HEnt e) noexcept nogil:
+    """heap_place with the array and kind already loaded (the sift loops hoist them)."""
+    a[i] = e
+    if kind == HQ_HOLDS:
         (<Hold*>e.p).hidx = <int32_t>i
-    elif h.kind == HQ_PURGE:
+    elif kind == HQ_PURGE:
         rec_pidx(<Rec*>e.p)[0] = <int32_t>i
 
 
@@ -26,32 +31,36 @@ cdef inline bint hent_lt(HEnt* a, HEnt* b) noexcept nogil:
 
 
 cdef void heap_sift_up(Heap* h, Py_ssize_t i) noexcept nogil:
-    cdef HEnt e = h.a[i]
+    cdef HEnt* a = h.a
+    cdef int kind = h.kind
+    cdef HEnt e = a[i]
     cdef Py_ssize_t parent
     while i > 0:
         parent = (i - 1) >> 1
-        if not hent_lt(&e, &h.a[parent]):
+        if not hent_lt(&e, &a[parent]):
             break
-        heap_place(h, i, h.a[parent])
+        heap_place_k(a, kind, i, a[parent])
         i = parent
-    heap_place(h, i, e)
+    heap_place_k(a, kind, i, e)
 
 
 cdef void heap_sift_down(Heap* h, Py_ssize_t i) noexcept nogil:
-    cdef HEnt e = h.a[i]
+    cdef HEnt* a = h.a
+    cdef int kind = h.kind
+    cdef HEnt e = a[i]
     cdef Py_ssize_t child
     cdef Py_ssize_t n = h.n
     while True:
         child = 2 * i + 1
         if child >= n:
             break
-        if child + 1 < n and hent_lt(&h.a[child + 1], &h.a[child]):
+        if child + 1 < n and hent_lt(&a[child + 1], &a[child]):
             child += 1
-        if not hent_lt(&h.a[child], &e):
+        if not hent_lt(&a[child], &e):
             break
-        heap_place(h, i, h.a[child])
+        heap_place_k(a, kind, i, a[child])
         i = child
-    heap_place(h, i, e)
+    heap_place_k(a, kind, i, e)
 
 
 cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:

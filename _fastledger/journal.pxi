@@ -24,6 +24,11 @@ cdef enum:
 cdef const char* J_MAGIC = b"FLDG"
 
 
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
+    PyObject* new_bytes "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n) except NULL
+
+
 cdef char* buf_room(Buf* b, Py_ssize_t n) except NULL:
     """Make room for n more bytes; returns the write position."""
     cdef Py_ssize_t cap
@@ -32,6 +37,12 @@ cdef char* buf_room(Buf* b, Py_ssize_t n) except NULL:
         cap = b.cap * 2 if b.cap else 65536
         while cap < b.n + n:
             cap *= 2
+        if b.obj != NULL:
+            # On failure _PyBytes_Resize frees the object and sets b.obj to NULL.
+            _PyBytes_Resize(&b.obj, cap)
+            b.p = PyBytes_AS_STRING(<object>b.obj)
+            b.cap = cap
+            return b.p + b.n
         p = <char*>PyMem_Realloc(b.p, cap)
         if p == NULL:
             raise MemoryError()
@@ -243,33 +254,53 @@ cdef bytes finish(Buf* b, uint32_t count):
 cdef bytes take_journal(Ledger L):
     cdef Buf* b = &L.jbuf
     cdef uint32_t count = 0
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, cap
+    cdef char* c
+    cdef bytes out = None
     cdef Account a
     cdef Rec* r
     if L.dirty_accts.n == 0 and L.dirty_recs.n == 0 and L.seq == L.seq_journaled:
         return b""
+    # The record is written straight into a bytes object (no copy at the end), allocated from
+    # the last record's size and trimmed to its length when done.
+    cap = L.jhint + (L.jhint >> 1) + 4096
+    b.obj = new_bytes(NULL, cap)   # a new reference, owned by b.obj until handed to `out`
+    b.p = PyBytes_AS_STRING(<object>b.obj)
+    b.cap = cap
     b.n = 0
-    put_header(b, J_JOURNAL, L.seq)
-    for i in range(L.dirty_accts.n):
-        a = <Account>L.dirty_accts.a[i]
-        if a.dirty & D_CORE:
-            put_account(b, L, a)
+    try:
+        put_header(b, J_JOURNAL, L.seq)
+        for i in range(L.dirty_accts.n):
+            a = <Account>L.dirty_accts.a[i]
+            if a.dirty & D_CORE:
+                put_account(b, L, a)
+                count += 1
+            if a.dirty & D_BUCKETS:
+                put_buckets(b, a)
+                count += 1
+        for i in range(L.dirty_recs.n):
+            r = <Rec*>L.dirty_recs.a[i]
+            if r.flags & RF_DEAD:
+                put_delete(b, r)
+            else:
+                put_rec(b, r)
             count += 1
-        if a.dirty & D_BUCKETS:
-            put_buckets(b, a)
-            count += 1
-    for i in range(L.dirty_recs.n):
-        r = <Rec*>L.dirty_recs.a[i]
-        if r.flags & RF_DEAD:
-            put_delete(b, r)
-        else:
-            put_rec(b, r)
-        count += 1
-    out = finish(b, count)
-    if b.cap > (1 << 24):            # do not keep an outsized buffer after a huge batch
-        PyMem_Free(b.p)
+        c = buf_room(b, J_TRAILER)
+        fl_put32(c, <int32_t>count)
+        b.n += 4
+        fl_put64(b.p + b.n, <int64_t>fl_checksum(b.p, b.n))
+        b.n += 8
+        _PyBytes_Resize(&b.obj, b.n)
+        out = <bytes>b.obj
+        Py_DECREF(out)              # hand the buffer's reference over to `out`
+    finally:
+        if b.obj != NULL and out is None:
+            Py_DECREF(<object>b.obj)
+        b.obj = NULL
         b.p = NULL
         b.cap = 0
+        b.n = 0
+    L.jhint = PyBytes_GET_SIZE(out)
     clear_dirty(L)
     L.seq_journaled = L.seq
     return out
@@ -301,6 +332,7 @@ cdef bytes snapshot(Ledger L):
     cdef Account a
     cdef Rec** recs = NULL
     cdef size_t i, k = 0
+    b.obj = NULL
     b.p = NULL
     b.n = 0
     b.cap = 0

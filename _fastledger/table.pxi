@@ -24,7 +24,7 @@ cdef inline object rec_rid_str(Rec* r):
 
 
 cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
-    cdef uint64_t ah = <uint32_t>fl_hash(id_data(a.aid), PyUnicode_GET_LENGTH(a.aid), 0x51ed27)
+    cdef uint64_t ah = a.ahash      # <uint32_t>fl_hash(aid bytes, 0x51ed27), cached by new_account
     return fl_hash(rid, <size_t>rlen, (ah << 8) ^ kind)
 
 
