@@ -81,7 +81,6 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC receive/send limit
     max_batch_ops: int = 1_000  # ops in one Batch RPC
     grace_period_ms: int = 10_000  # on SIGTERM: time to finish and persist in-flight work
-    flush_window_max_ms: int = 2  # longest wait to grow a write batch; 0 = flush at once
     flush_max_ops: int = 4_096  # operations in one persisted batch
 
 
@@ -99,7 +98,6 @@ class DefaultsConfig:
     hold_ttl_ms: int = 60_000
     hold_ttl_max_ms: int = 604_800_000
     idempotency_retention_ms: int = 86_400_000
-    async_durability: bool = False  # True: answer before the write lands (bounded loss window)
 
 
 def _builtin_plans() -> PlanCatalog:
@@ -159,6 +157,9 @@ def _parse_sqlite_url(url: str, rest: str) -> StorageUrl:
     if not rest.startswith("/"):
         raise ValueError('use "sqlite:///relative/path.db" or "sqlite:////absolute/path.db"')
     path = rest[1:]  # sqlite:///a.db -> "a.db", sqlite:////var/a.db -> "/var/a.db"
+    if path == ":memory:":
+        raise ValueError('an in-memory SQLite database cannot be shared with its worker thread; '
+                         'use "memory://" (nothing persisted) for experiments')
     if not path or path.endswith("/"):
         raise ValueError("needs a database file path after sqlite:///")
     if "?" in path or "#" in path:
@@ -360,7 +361,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
 
 def _parse_server(data: object) -> ServerConfig:
     t = _Table(data, "server", ("listen", "max_queue", "max_message_bytes", "max_batch_ops",
-                                "grace_period_ms", "flush_window_max_ms", "flush_max_ops"))
+                                "grace_period_ms", "flush_max_ops"))
     d = ServerConfig()
     max_queue = t.integer("max_queue", d.max_queue, minimum=1, maximum=10**9)
     return ServerConfig(
@@ -371,8 +372,6 @@ def _parse_server(data: object) -> ServerConfig:
         max_batch_ops=t.integer("max_batch_ops", min(d.max_batch_ops, max_queue), minimum=1,
                                 maximum=max_queue),
         grace_period_ms=t.duration_ms("grace_period_ms", d.grace_period_ms, minimum=0),
-        flush_window_max_ms=t.duration_ms("flush_window_max_ms", d.flush_window_max_ms,
-                                          minimum=0),
         flush_max_ops=t.integer("flush_max_ops", d.flush_max_ops, minimum=1, maximum=10**9),
     )
 
@@ -398,8 +397,7 @@ def _parse_storage(data: object) -> StorageConfig:
 
 
 def _parse_defaults(data: object) -> DefaultsConfig:
-    t = _Table(data, "defaults", ("hold_ttl_ms", "hold_ttl_max_ms", "idempotency_retention_ms",
-                                  "async_durability"))
+    t = _Table(data, "defaults", ("hold_ttl_ms", "hold_ttl_max_ms", "idempotency_retention_ms"))
     d = DefaultsConfig()
     hold_ttl_ms = t.duration_ms("hold_ttl_ms", d.hold_ttl_ms)
     hold_ttl_max_ms = t.duration_ms("hold_ttl_max_ms", d.hold_ttl_max_ms)
@@ -412,7 +410,6 @@ def _parse_defaults(data: object) -> DefaultsConfig:
         hold_ttl_max_ms=hold_ttl_max_ms,
         idempotency_retention_ms=t.duration_ms("idempotency_retention_ms",
                                                d.idempotency_retention_ms),
-        async_durability=t.boolean("async_durability", d.async_durability),
     )
 
 

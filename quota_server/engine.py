@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -401,6 +402,4 @@ class Engine:
 
 
 def _encode_attrs(attrs: dict[str, str]) -> bytes:
-    import json
-
     return json.dumps(attrs, separators=(",", ":"), sort_keys=True).encode()

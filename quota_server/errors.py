@@ -77,10 +77,6 @@ def from_core_status(status: int, *, detail: str = "") -> QuotaError:
     return QuotaError(reason, f"{message}{': ' + detail if detail else ''}")
 
 
-def invalid(reason: str, message: str) -> QuotaError:
-    return QuotaError(reason, message)
-
-
 class Unavailable(QuotaError):
     def __init__(self, message: str = "storage cannot persist right now; retry with the same id") -> None:
         super().__init__("STORAGE_UNAVAILABLE", message)

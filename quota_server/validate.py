@@ -42,10 +42,10 @@ def check_amount(value: int, field: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-def check_ttl_ms(value: int, field: str, *, default_ms: int, max_ms: int, allow_zero_keep: bool = False) -> int:
-    """A TTL in ms: 0 means `default_ms` (or "keep" when allow_zero_keep); above max is refused."""
+def check_ttl_ms(value: int, field: str, *, default_ms: int, max_ms: int) -> int:
+    """A TTL in ms: 0 means `default_ms`; negative or above `max_ms` is refused."""
     if value == 0:
-        return 0 if allow_zero_keep else default_ms
+        return default_ms
     if not 0 < value <= max_ms:
         raise QuotaError(
             "INVALID_TTL", f"{field} must be in 1..{max_ms} ms (0 = default), got {value}",

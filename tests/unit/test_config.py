@@ -130,14 +130,13 @@ def test_no_file_gives_built_in_defaults():
     assert config.source == BUILTIN_SOURCE
     assert config.server == ServerConfig(
         listen="127.0.0.1:50051", max_queue=10_000, max_message_bytes=4 * 1024 * 1024,
-        max_batch_ops=1_000, grace_period_ms=10_000, flush_window_max_ms=2, flush_max_ops=4_096)
+        max_batch_ops=1_000, grace_period_ms=10_000, flush_max_ops=4_096)
     assert config.storage.url.path == "quota-data/quota.db"
     assert (config.storage.snapshot_every_records, config.storage.lease_ttl_ms,
             config.storage.on_lease_held, config.storage.timeout_ms) == (10_000, 10_000,
                                                                          "fail", 5_000)
     assert (config.defaults.hold_ttl_ms, config.defaults.hold_ttl_max_ms,
-            config.defaults.idempotency_retention_ms, config.defaults.async_durability) == \
-        (60_000, 604_800_000, 86_400_000, False)
+            config.defaults.idempotency_retention_ms) == (60_000, 604_800_000, 86_400_000)
     assert dict(config.prices) == {}
 
 
@@ -176,7 +175,6 @@ max_queue = 50
 max_message_bytes = 1024
 max_batch_ops = 50
 grace_period_ms = 0
-flush_window_max_ms = 0
 flush_max_ops = 7
 
 [storage]
@@ -190,7 +188,6 @@ timeout_ms = 250
 hold_ttl_ms = 1000
 hold_ttl_max_ms = 1000
 idempotency_retention_ms = 5
-async_durability = true
 
 [plans."pro.v2"]
 period = "week"
@@ -216,13 +213,12 @@ per_1000 = { input_tokens = 0 }
     config = load_config(str(path))
     assert config.server == ServerConfig(listen="[::]:6000", max_queue=50, max_message_bytes=1024,
                                          max_batch_ops=50, grace_period_ms=0,
-                                         flush_window_max_ms=0, flush_max_ops=7)
+                                         flush_max_ops=7)
     url = config.storage.url
     assert (url.scheme, url.host, url.port, url.db, url.username, url.password, url.tls) == \
         ("rediss", "cache.example", 6380, 3, "user", "p@ss", True)
     assert (config.storage.snapshot_every_records, config.storage.lease_ttl_ms,
             config.storage.on_lease_held, config.storage.timeout_ms) == (9, 3000, "wait", 250)
-    assert config.defaults.async_durability is True
     assert config.defaults.idempotency_retention_ms == 5
     plan = config.plans["pro.v2"]
     assert (plan.period, plan.included_credits, plan.rollover_max, plan.credit_limit,
@@ -330,7 +326,6 @@ def test_booleans_are_not_integers(doc, key):
 
 @pytest.mark.parametrize("doc, key", [
     (plan_with(unlimited=1), "plans.free.unlimited"),
-    ({"defaults": {"async_durability": 0}}, "defaults.async_durability"),
     (plan_with(unlimited="false"), "plans.free.unlimited"),
 ])
 def test_integers_are_not_booleans(doc, key):
@@ -519,7 +514,6 @@ def test_invalid_listen(listen):
 @pytest.mark.parametrize("url, expected", [
     ("sqlite:///quota-data/quota.db", dict(scheme="sqlite", path="quota-data/quota.db")),
     ("sqlite:////var/lib/quota/quota.db", dict(scheme="sqlite", path="/var/lib/quota/quota.db")),
-    ("sqlite:///:memory:", dict(scheme="sqlite", path=":memory:")),
     ("SQLite:///a.db", dict(scheme="sqlite", path="a.db")),
     ("redis://127.0.0.1:6379/0", dict(scheme="redis", host="127.0.0.1", port=6379, db=0)),
     ("redis://localhost", dict(scheme="redis", host="localhost", port=6379, db=0)),
@@ -540,7 +534,7 @@ def test_storage_urls(url, expected):
 
 
 @pytest.mark.parametrize("url", ["", "quota.db", "postgres://h/db", "sqlite://quota.db",
-                                 "sqlite:///", "sqlite:////", "sqlite:///a.db?mode=ro",
+                                 "sqlite:///", "sqlite:////", "sqlite:///a.db?mode=ro", "sqlite:///:memory:",
                                  "redis://", "redis://:6379/0", "redis://h:0/0",
                                  "redis://h:99999/0", "redis://h:abc/0", "redis://h/abc",
                                  "redis://h/-1", "redis://h/0?ssl=true", "unix:///tmp/r.sock"])
@@ -554,3 +548,13 @@ def test_storage_url_password_is_kept_out_of_logs():
     assert url.redacted() == "redis://bob:***@h:1/2"
     assert parse_storage_url("redis://h:1/2").redacted() == "redis://h:1/2"
     assert "hunter2" not in error_of({"storage": {"url": "redis://bob:hunter2@h:99999/0"}})
+
+
+@pytest.mark.parametrize("doc, key", [
+    ({"defaults": {"async_durability": True}}, "defaults.async_durability"),
+    ({"server": {"flush_window_max_ms": 2}}, "server.flush_window_max_ms"),
+])
+def test_keys_that_would_do_nothing_are_refused(doc, key):
+    """Regression: these keys were accepted and documented but the server ignored them; an
+    operator must learn at startup that a setting has no effect, not in production."""
+    assert error_of(doc).startswith(f"{key}: ")
