@@ -165,6 +165,18 @@ cdef class Ledger:
     def reservation_view(self, account_id, reservation_id):
         return reservation_view(self, account_id, reservation_id)
 
+    def reservation_meta(self, account_id, reservation_id):
+        """`reservation_view(...)["meta"]` without building the view (the server reads it
+        for every commit's usage record), or None if there is no such reservation."""
+        cdef Account a = lookup(self, account_id)
+        cdef Hold* h
+        if a is None or not valid_id(reservation_id):
+            return None
+        h = <Hold*>find_rec(self, a, REC_HOLD, reservation_id)
+        if h == NULL:
+            return None
+        return (<tuple>h.extra)[0] if h.extra != NULL else b""
+
     def buckets_view(self, account_id, now_ns):
         cdef Account a = lookup(self, account_id)
         return [] if a is None else buckets_view(a, _now(now_ns))

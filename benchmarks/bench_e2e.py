@@ -526,7 +526,8 @@ def start_profiler(target: Target, workload: str, args: argparse.Namespace, tag:
     duration = max(1, int(args.runs * args.seconds))
     return subprocess.Popen(
         [py_spy, "record", "--pid", str(target.proc.pid), "--duration", str(duration), "--rate", "200",
-         "--threads", *(["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []), "--format", fmt, "--output", str(output)],
+         "--threads", *(["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []),
+         *(["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") else []), "--format", fmt, "--output", str(output)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

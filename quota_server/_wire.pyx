@@ -1408,8 +1408,9 @@ cdef class WireCodec:
 
     cdef object commit_usage(self, _Usage u, r, now_ms):
         """A fresh commit's usage: the action and labels come from the hold's meta."""
-        view = self.engine.ledger.reservation_view(u.account_id, u.item_id)
-        raw = view["meta"] if view is not None else b""
+        raw = self.engine.ledger.reservation_meta(u.account_id, u.item_id)
+        if raw is None:
+            raw = b""
         cached = self.meta_cache.get(raw)
         if cached is None:
             meta = self.decode_meta(raw)
@@ -1609,6 +1610,34 @@ cdef class BatchWork:
             else:
                 items.append(entry)
         return items
+
+    def ops(self):
+        """The core ops of a batch with no slow op (see `derive_into`), in op order."""
+        cdef Py_ssize_t i
+        if self.slow:
+            raise ValueError("a batch with slow ops goes through submit_items")
+        return [(<tuple>self.entries[i])[0] for i in range(self.n)]
+
+    def derive_into(self, list results, Py_ssize_t start, replayed, now_ms, list usage, list events):
+        """The engine's group deriver (Engine.submit_group) for a batch with no slow op: what
+        each op's `derive` would add, appended to `usage` and `events`. `results[start + i]` is
+        op i's result; indices in `replayed` are replays (they derive nothing)."""
+        cdef Py_ssize_t i
+        cdef tuple entry
+        cdef object derive, r, derived
+        for i in range(self.n):
+            entry = <tuple>self.entries[i]
+            derive = entry[1]
+            if derive is None:
+                continue
+            r = results[start + i]
+            if (<tuple>r)[0] != ST_OK:
+                continue
+            derived = derive(entry[0], r, not (replayed and (start + i) in replayed), now_ms)
+            if (<tuple>derived)[0]:
+                usage.extend((<tuple>derived)[0])
+            if (<tuple>derived)[1]:
+                events.extend((<tuple>derived)[1])
 
     def encode(self, list results, answer):
         """The BatchResponse bytes. `results` are the engine's, in submit_items order;

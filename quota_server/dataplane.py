@@ -717,6 +717,9 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
         request = pb.BatchRequest.FromString(data)
         _check_batch_size(request, max_ops)
         return (await run_batch(dp, request)).SerializeToString()
+    if not work.slow:  # the usual case: every op on the fast path, derived as a group
+        results = await dp.engine.submit_group(work.ops(), work) if work.n else []
+        return work.encode(results, None)
     items = work.submit_items()
     results = await dp.engine.submit_many(items) if items else []
     return work.encode(results, lambda slot, result: _answer_item(dp, slot, result).SerializeToString())

@@ -3,7 +3,9 @@
 RPC handlers submit op tuples; the engine groups whatever arrived while the previous write was
 in flight into the next batch, applies it to the core in one synchronous step, persists the
 batch's journal record (plus its usage rows and events) in one storage write, and only then
-resolves the waiting handlers. At most one write is in flight; the queue is bounded.
+resolves the waiting handlers. At most one write is in flight, and the next batch is applied
+while it is (CPU and disk overlap); writes land, and callers are answered, in batch order. The
+queue is bounded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import _fastledger
 from _fastledger import codes as C
@@ -28,6 +30,16 @@ log = logging.getLogger("quota.engine")
 # An extra given with an op: called with (op, result, fresh, now_ms) after apply, it returns
 # the usage rows and events the op produced (derived data persisted in the same write).
 Derive = Callable[[tuple, tuple, bool, int], tuple[list[UsageRow], list[tuple[str, str, dict]]]]
+
+
+
+class GroupDeriver(Protocol):
+    """Derives a whole group's usage and events (see Engine.submit_group)."""
+
+    def derive_into(self, results: list[tuple], start: int, replayed: set[int], now_ms: int,
+                    usage: list[UsageRow], events: list[tuple[str, str, dict]]) -> None:
+        """Append what ops ``results[start:start + len(group)]`` produced; replays derive nothing."""
+
 
 EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and increasing
 
@@ -54,9 +66,30 @@ class _Pending:
 
     def __init__(self, ops: list[tuple], derives: list | None, future: asyncio.Future, single: bool) -> None:
         self.ops = ops
-        self.derives = derives  # aligned with ops, or None when no op derives anything
+        self.derives = derives  # aligned with ops, a GroupDeriver, or None when nothing derives
         self.future = future
         self.single = single
+
+
+class _Flush:
+    """One applied batch on its way to storage: what to write and whom to answer."""
+
+    __slots__ = ("batch", "results", "seq", "record", "usage", "events", "snapshot")
+
+    def __init__(self, batch: list[_Pending], results: list[tuple]) -> None:
+        self.batch = batch
+        self.results = results
+        self.seq = 0
+        self.record = b""  # empty: the batch changed nothing durable (only the answers wait)
+        self.usage: list[UsageRow] = []
+        self.events: list[EventRow] = []
+        self.snapshot: bytes | None = None
+
+
+def _fail(batch: list[_Pending]) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(ShuttingDown())
 
 
 class Engine:
@@ -77,7 +110,8 @@ class Engine:
         self._last_now_ns = 0
         self.ledger: Any = None
         self.epoch = 0
-        self.seq = 0
+        self.seq = 0  # the last seq written (durable)
+        self._applied_seq = 0  # the last seq applied to the core (>= seq)
         self._snapshot_seq = 0
         self._pending: list[_Pending] = []
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
@@ -109,7 +143,7 @@ class Engine:
             self.ledger = _fastledger.Ledger(retention_ns=retention)
         for _, record in recovered.records:
             self.ledger.replay(record)
-        self.seq = recovered.last_seq
+        self.seq = self._applied_seq = recovered.last_seq
         self._snapshot_seq = recovered.snapshot_seq
         self._running = True
         self._accepting = True
@@ -200,6 +234,18 @@ class Engine:
         self._wake.set()
         return await future
 
+    async def submit_group(self, ops: list[tuple], deriver: GroupDeriver) -> list[tuple]:
+        """`submit_many` for a group whose usage and events one object derives for all its ops
+        at once (`deriver.derive_into`), instead of one `derive` call per op from Python."""
+        self._check_accepting()
+        if self._queued_ops + len(ops) > self.options.max_queue:
+            raise Overloaded()
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(ops, deriver, future, False))
+        self._queued_ops += len(ops)
+        self._wake.set()
+        return await future
+
     def read(self, op: tuple) -> tuple:
         """Apply a non-mutating op (CHECK) at once, outside the write path.
 
@@ -212,15 +258,45 @@ class Engine:
     # ------------------------------------------------------------------ the write path
 
     async def _flush_loop(self) -> None:
+        """Apply batches and write them, overlapping the two: while batch N is being written,
+        batch N+1 (whatever arrived meanwhile) is applied to the core. Writes land in order,
+        one at a time, and a batch is answered only once its write (and so every earlier one)
+        has landed. At most one applied batch waits behind the write in flight."""
+        write: asyncio.Task | None = None
         try:
             while self._running:
                 if not self._pending:
+                    if write is not None:
+                        if not write.done():
+                            # Wait for the write to land or for new work, which is applied
+                            # at once (it then waits behind this write).
+                            self._wake.clear()
+                            woken = asyncio.ensure_future(self._wake.wait())
+                            await asyncio.wait((write, woken), return_when=asyncio.FIRST_COMPLETED)
+                            woken.cancel()
+                            if not write.done():
+                                continue
+                        await write  # raises what the write raised
+                        write = None
+                        continue
                     self._idle.set()
                     await self._wake.wait()
                     self._wake.clear()
                     continue
                 self._idle.clear()
-                await self._flush_once()
+                batch = self._take_batch()
+                try:
+                    flush = self._apply_batch(batch)
+                except BaseException:
+                    _fail(batch)
+                    raise
+                if write is not None:
+                    try:
+                        await write
+                    except BaseException:
+                        _fail(batch)
+                        raise
+                write = asyncio.get_running_loop().create_task(self._write(flush), name="quota-write")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
@@ -243,19 +319,8 @@ class Engine:
         self._queued_ops -= n_ops
         return batch
 
-    async def _flush_once(self) -> None:
-        batch = self._take_batch()
-        try:
-            await self._flush_batch(batch)
-        except BaseException:
-            # Lost lease or broken invariant: these callers get no answer but "shutting down".
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(ShuttingDown())
-            raise
-        self._maybe_snapshot()
-
-    async def _flush_batch(self, batch: list[_Pending]) -> None:
+    def _apply_batch(self, batch: list[_Pending]) -> _Flush:
+        """Apply `batch` to the core and derive what its write carries (synchronous)."""
         now_ns = self.now_ns()
         now_ms = now_ns // 1_000_000
         ops = [(C.OP_EXPIRE, self.options.sweep_max_items)]
@@ -273,7 +338,9 @@ class Engine:
         index = 1
         for item in batch:
             derives = item.derives
-            if derives is not None:
+            if derives is not None and type(derives) is not list:
+                derives.derive_into(results, index, replayed, now_ms, usage, event_specs)
+            elif derives is not None:
                 for j, derive in enumerate(derives):
                     result = results[index + j]
                     if derive is not None and result[0] == C.OK:
@@ -283,27 +350,54 @@ class Engine:
                         if evs:
                             event_specs.extend(evs)
             index += len(item.ops)
-        events: list[EventRow] = []
+        flush = _Flush(batch, results)
         if record:
-            seq = self.seq + 1
-            for n, (etype, account_id, attrs) in enumerate(event_specs):
-                events.append(
-                    EventRow(
-                        event_id=seq * EVENTS_PER_SEQ + n + 1,
-                        account_id=account_id,
-                        type=etype,
-                        at_ms=now_ms,
-                        payload=_encode_attrs(attrs),
-                    )
+            seq = self._applied_seq + 1
+            self._applied_seq = seq
+            flush.seq, flush.record, flush.usage = seq, record, usage
+            flush.events = [
+                EventRow(
+                    event_id=seq * EVENTS_PER_SEQ + n + 1,
+                    account_id=account_id,
+                    type=etype,
+                    at_ms=now_ms,
+                    payload=_encode_attrs(attrs),
                 )
-            await self._persist(seq, record, usage, events)
+                for n, (etype, account_id, attrs) in enumerate(event_specs)
+            ]
+            if seq - self._snapshot_seq >= self.options.snapshot_every_records and (
+                self._snapshot_task is None or self._snapshot_task.done()
+            ):
+                # The state after record `seq` is the core's state right now (nothing else
+                # has been applied since), so the snapshot is taken here; it is written once
+                # the record itself has landed.
+                flush.snapshot = self.ledger.snapshot()
+                self._snapshot_seq = seq
+        return flush
+
+    async def _write(self, flush: _Flush) -> None:
+        """Persist one applied batch (retrying until it lands), then answer its callers."""
+        try:
+            if flush.record:
+                await self._persist(flush.seq, flush.record, flush.usage, flush.events)
+        except BaseException as exc:
+            # Lost lease: stop serving at once (before these callers hear "shutting down").
+            if not isinstance(exc, asyncio.CancelledError):
+                self._die(exc)
+            _fail(flush.batch)
+            raise
+        results = flush.results
         index = 1
-        for item in batch:
+        for item in flush.batch:
             size = len(item.ops)
             if not item.future.done():
                 item.future.set_result(results[index] if item.single else results[index:index + size])
             index += size
-        if events:
+        if flush.snapshot is not None:
+            self._snapshot_task = asyncio.get_running_loop().create_task(
+                self._write_snapshot(flush.seq, flush.snapshot)
+            )
+        if flush.events:
             async with self.events_written:
                 self.events_written.notify_all()
 
@@ -332,16 +426,6 @@ class Engine:
         self.storage_down = down
         if self.on_health_change is not None:
             self.on_health_change(not down)
-
-    def _maybe_snapshot(self) -> None:
-        if self.seq - self._snapshot_seq < self.options.snapshot_every_records:
-            return
-        if self._snapshot_task is not None and not self._snapshot_task.done():
-            return
-        blob = self.ledger.snapshot()  # the state after record self.seq, taken synchronously
-        seq = self.seq
-        self._snapshot_seq = seq
-        self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot(seq, blob))
 
     async def _write_snapshot(self, seq: int, blob: bytes) -> None:
         try:

@@ -8,6 +8,7 @@ at once and exits non-zero.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -166,10 +167,28 @@ class QuotaServer:
             await self.grpc_server.wait_for_termination()
 
 
+GC_GEN0_THRESHOLD = 20_000
+"""Allocations between young-generation collections (CPython's default is 700). The hot path
+allocates many short-lived objects per op (op tuples, usage rows) that die without cycles, so a
+collection every 700 allocations is mostly wasted work; 20,000 keeps the young generation a
+few MB at most."""
+
+
+def tune_gc() -> None:
+    """After startup: move everything allocated so far (modules, the recovered state's objects)
+    out of the collector's sight with ``gc.freeze()``, and collect the young generation less
+    often. Process-wide, so only the server's entry point calls it."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 async def run(config) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal engine error (exit 2)."""
     server = QuotaServer(config)
     await server.start()
+    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))

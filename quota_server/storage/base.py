@@ -95,6 +95,58 @@ class EventRow:
     payload: bytes
 
 
+def group_usage(usage: list[UsageRow]) -> list[tuple[str, int, list[bytes]]]:
+    """A flush's usage rows as chunks: one per (account_id, at_ms), in first-seen order, each
+    with its payloads in insertion order.
+
+    Backends persist a chunk as one entry (one row, one script argument), so a flush costs a
+    few storage writes however many rows it has. Per account, ordering chunks by (at_ms,
+    first-seen) and rows within a chunk by insertion gives exactly the (at_ms, insertion
+    order) that ``list_usage`` promises. In practice every row of a flush has the flush's
+    at_ms, so this is one chunk per account touched.
+    """
+    chunks: dict[tuple[str, int], list[bytes]] = {}
+    for row in usage:
+        key = (row.account_id, row.at_ms)
+        payloads = chunks.get(key)
+        if payloads is None:
+            chunks[key] = [row.payload]
+        else:
+            payloads.append(row.payload)
+    return [(account_id, at_ms, payloads) for (account_id, at_ms), payloads in chunks.items()]
+
+
+def pack_payloads(payloads: list[bytes]) -> bytes:
+    """One chunk's payloads as one blob: a single payload as itself, several as repeated
+    (4-byte little-endian length, bytes). The reader needs the count (`unpack_payloads`)."""
+    if len(payloads) == 1:
+        return bytes(payloads[0])
+    parts = []
+    for payload in payloads:
+        parts.append(len(payload).to_bytes(4, "little"))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def unpack_payloads(blob: bytes, n: int) -> list[bytes]:
+    """The inverse of `pack_payloads` for a chunk of `n` payloads; StorageError if damaged."""
+    if n == 1:
+        return [bytes(blob)]
+    out = []
+    view = memoryview(blob)
+    pos = 0
+    for _ in range(n):
+        size = int.from_bytes(view[pos:pos + 4], "little")
+        end = pos + 4 + size
+        if end > len(view) or pos + 4 > len(view):
+            raise StorageError(f"damaged usage chunk: {n} payloads do not fit in {len(blob)} bytes")
+        out.append(bytes(view[pos + 4:end]))
+        pos = end
+    if pos != len(view):
+        raise StorageError(f"damaged usage chunk: {len(view) - pos} bytes after {n} payloads")
+    return out
+
+
 class Storage(abc.ABC):
     """One backend's persistence: lease, journal + snapshot, usage rows and events.
 

@@ -77,7 +77,14 @@ class MemoryStorage(Storage):
         self._last_seq = seq
         for row in usage:
             self._usage_counter += 1
-            bisect.insort(self._usage.setdefault(row.account_id, []), (row.at_ms, self._usage_counter, row))
+            item = (row.at_ms, self._usage_counter, row)
+            rows = self._usage.get(row.account_id)
+            if rows is None:
+                self._usage[row.account_id] = [item]
+            elif rows[-1][0] <= row.at_ms:  # the usual case: time moves forward
+                rows.append(item)
+            else:
+                bisect.insort(rows, item)
         self._events.extend(events)
 
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:

@@ -52,6 +52,8 @@ from .base import (
     UsageRow,
     check_batch,
     check_limit,
+    group_usage,
+    pack_payloads,
     check_recovered,
     check_ttl,
 )
@@ -105,9 +107,11 @@ return 1
 
 _APPEND = """
 -- KEYS: holder, meta, journal, events, usage_top, usage streams (one per account)...
--- ARGV: epoch, seq, record, n_usage, n_events,
---       n_usage x (key index, account_id, at_ms, payload),
+-- ARGV: epoch, seq, record, n_chunks, n_events,
+--       n_chunks x (key index, account_id, at_ms, n rows, payloads packed by pack_payloads),
 --       n_events x (event_id, account_id, type, at_ms, payload)
+-- Each usage row becomes its own entry of its account's stream; the server sends a flush's rows
+-- as a few packed arguments (one per account), so its cost does not grow with the row count.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then
   return {'FENCED', epoch or ''}
@@ -128,9 +132,26 @@ end
 if seq ~= last + 1 then
   return {'GAP', last_raw}
 end
-local n_usage = tonumber(ARGV[4])
+local n_chunks = tonumber(ARGV[4])
 local n_events = tonumber(ARGV[5])
-local ev_base = 6 + 4 * n_usage
+local ev_base = 6 + 5 * n_chunks
+for i = 0, n_chunks - 1 do
+  local b = 6 + 5 * i
+  local n, blob = tonumber(ARGV[b + 3]), ARGV[b + 4]
+  if n > 1 then
+    local pos = 1
+    for r = 1, n do
+      if pos + 3 > #blob then
+        return {'BADCHUNK', ARGV[b + 1]}
+      end
+      local size, nxt = struct.unpack('<I4', blob, pos)
+      pos = nxt + size
+    end
+    if pos ~= #blob + 1 then
+      return {'BADCHUNK', ARGV[b + 1]}
+    end
+  end
+end
 if n_events > 0 then
   local last_ev_raw = redis.call('HGET', KEYS[2], 'last_event_id') or '0'
   if tonumber(ARGV[ev_base]) <= tonumber(last_ev_raw) then
@@ -141,8 +162,8 @@ end
 redis.call('XADD', KEYS[3], ARGV[2] .. '-0', 'record', ARGV[3])
 local top_raw, top, acct = {}, {}, {}
 local lag = 0
-for i = 0, n_usage - 1 do
-  local b = 6 + 4 * i
+for i = 0, n_chunks - 1 do
+  local b = 6 + 5 * i
   local k = tonumber(ARGV[b])
   if top[k] == nil then
     acct[k] = ARGV[b + 1]
@@ -168,7 +189,18 @@ for i = 0, n_usage - 1 do
   elseif top[k] - at > lag then
     lag = top[k] - at
   end
-  redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', ARGV[b + 3])
+  local n, blob = tonumber(ARGV[b + 3]), ARGV[b + 4]
+  if n == 1 then
+    redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', blob)
+  else
+    local pos = 1
+    for r = 1, n do
+      local size, nxt = struct.unpack('<I4', blob, pos)
+      redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload',
+                 string.sub(blob, nxt, nxt + size - 1))
+      pos = nxt + size
+    end
+  end
 end
 for k, raw in pairs(top_raw) do
   redis.call('HSET', KEYS[5], acct[k], raw)
@@ -411,13 +443,14 @@ class RedisStorage(Storage):
         check_batch(seq, usage, events)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
-        args: list[Any] = [epoch, seq, record, len(usage), len(events)]
-        for row in usage:
-            index = key_index.get(row.account_id)
+        chunks = group_usage(usage)
+        args: list[Any] = [epoch, seq, record, len(chunks), len(events)]
+        for account_id, at_ms, payloads in chunks:
+            index = key_index.get(account_id)
             if index is None:
-                keys.append(self.usage_key(row.account_id))
-                index = key_index[row.account_id] = len(keys)  # Lua's KEYS is 1-based
-            args += (index, row.account_id, row.at_ms, row.payload)
+                keys.append(self.usage_key(account_id))
+                index = key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
+            args += (index, account_id, at_ms, len(payloads), pack_payloads(payloads))
         for ev in events:
             args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
         reply = await self._eval(_SCRIPTS["append"], keys, args)
@@ -433,6 +466,8 @@ class RedisStorage(Storage):
             raise SequenceError(f"seq {seq} already holds a different record")
         if status == b"GAP":
             raise SequenceError(f"seq {seq} does not follow last seq {detail}")
+        if status == b"BADCHUNK":
+            raise StorageError(f"redis {self.where}: the append script refused a usage chunk of {detail!r}")
         if status == b"EVENT_ORDER":
             raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
         raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")

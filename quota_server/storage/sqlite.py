@@ -42,6 +42,9 @@ from .base import (
     StorageUnavailable,
     UsageRow,
     check_batch,
+    group_usage,
+    pack_payloads,
+    unpack_payloads,
     check_limit,
     check_recovered,
     check_ttl,
@@ -49,7 +52,9 @@ from .base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: one ``usage`` row per usage record. 2: ``usage_chunk``, one row per (account, at_ms) of a
+flush holding all of its records (``base.group_usage``); a version-1 file is migrated at open."""
 BUSY_TIMEOUT_MS_DEFAULT = 5_000
 
 _SCHEMA = """
@@ -72,13 +77,14 @@ CREATE TABLE IF NOT EXISTS snapshot (
     seq INTEGER NOT NULL,
     blob BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS usage (
+CREATE TABLE IF NOT EXISTS usage_chunk (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, so cursors stay valid
     account_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    n INTEGER NOT NULL,                     -- usage rows in the chunk (>= 1)
+    payloads BLOB NOT NULL                  -- base.pack_payloads: n = 1 is the payload itself
 );
-CREATE INDEX IF NOT EXISTS usage_account_at ON usage (account_id, at_ms, id);
+CREATE INDEX IF NOT EXISTS usage_chunk_account_at ON usage_chunk (account_id, at_ms, id);
 CREATE TABLE IF NOT EXISTS events (
     event_id INTEGER PRIMARY KEY,
     account_id TEXT NOT NULL,
@@ -93,7 +99,9 @@ CREATE INDEX IF NOT EXISTS events_account ON events (account_id, event_id);
 # disk full, out of memory). Anything else (corrupt, not a database, constraint) is a StorageError.
 _RETRYABLE_CODES = frozenset({5, 6, 7, 10, 13, 14, 15})  # BUSY LOCKED NOMEM IOERR FULL CANTOPEN PROTOCOL
 
-_CURSOR = re.compile(r"(\d+):(\d+)")
+_CURSOR = re.compile(r"(\d+):(\d+)(?::(\d+))?")
+"""A usage cursor ``at_ms:chunk_id:index`` (the last row returned); ``at_ms:chunk_id`` (what
+schema version 1 issued, one row per chunk id) means "after that whole chunk"."""
 
 
 def wall_clock_ms() -> int:
@@ -208,6 +216,8 @@ class SqliteStorage(Storage):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if version == 1:
+                    _migrate_usage_v1(conn)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -351,25 +361,15 @@ class SqliteStorage(Storage):
         after: str | None,
     ) -> tuple[list[UsageRow], str | None]:
         check_limit(limit)
-        sql = "SELECT id, at_ms, payload FROM usage WHERE account_id = ? AND at_ms >= ?"
-        params: list[Any] = [account_id, from_ms]
-        if to_ms:
-            sql += " AND at_ms < ?"
-            params.append(to_ms)
+        start: tuple[int, int, int] | None = None
         if after is not None:
             match = _CURSOR.fullmatch(after)
             if match is None:
                 raise InvalidCursor(f"not a usage cursor of this store: {after!r}")
-            sql += " AND (at_ms, id) > (?, ?)"
-            params += [int(match[1]), int(match[2])]
-        sql += " ORDER BY at_ms, id LIMIT ?"
-        params.append(limit + 1)
-        rows = await self._run(self._query, sql, params)
-        page = [UsageRow(account_id, at_ms, bytes(payload)) for _, at_ms, payload in rows[:limit]]
-        if len(rows) <= limit:
-            return page, None
-        last_id, last_at_ms, _ = rows[limit - 1]
-        return page, f"{last_at_ms}:{last_id}"
+            start = (int(match[1]), int(match[2]), -1 if match[3] is None else int(match[3]))
+        return await self._run(
+            self._read_txn, functools.partial(_list_usage, account_id, from_ms, to_ms, limit, start)
+        )
 
     async def read_events(
         self, after_event_id: int, limit: int, account_id: str | None = None
@@ -427,8 +427,9 @@ def _append(
     conn.execute("INSERT INTO journal (seq, record) VALUES (?, ?)", (seq, record))
     if usage:
         conn.executemany(
-            "INSERT INTO usage (account_id, at_ms, payload) VALUES (?, ?, ?)",
-            [(u.account_id, u.at_ms, bytes(u.payload)) for u in usage],
+            "INSERT INTO usage_chunk (account_id, at_ms, n, payloads) VALUES (?, ?, ?, ?)",
+            [(account_id, at_ms, len(payloads), pack_payloads(payloads))
+             for account_id, at_ms, payloads in group_usage(usage)],
         )
     if events:
         conn.executemany(
@@ -439,6 +440,54 @@ def _append(
     conn.execute(
         "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1", (seq, last_event_id)
     )
+
+
+def _list_usage(
+    account_id: str,
+    from_ms: int,
+    to_ms: int,
+    limit: int,
+    start: tuple[int, int, int] | None,
+    conn: sqlite3.Connection,
+) -> tuple[list[UsageRow], str | None]:
+    """One page of `list_usage`; `start` is the decoded cursor (at_ms, chunk id, row index,
+    -1 for "after the whole chunk")."""
+    sql = "SELECT id, at_ms, n, payloads FROM usage_chunk WHERE account_id = ? AND at_ms >= ?"
+    params: list[Any] = [account_id, from_ms]
+    if to_ms:
+        sql += " AND at_ms < ?"
+        params.append(to_ms)
+    if start is not None:
+        sql += " AND (at_ms, id) >= (?, ?)"
+        params += [start[0], start[1]]
+    sql += " ORDER BY at_ms, id"
+    page: list[UsageRow] = []
+    last: tuple[int, int, int] = (0, 0, 0)
+    # Chunks are read one at a time (the cursor is lazy) until the page and one more row are in.
+    for chunk_id, at_ms, n, blob in conn.execute(sql, params):
+        first = 0
+        if start is not None and (at_ms, chunk_id) == (start[0], start[1]):
+            first = n if start[2] < 0 else start[2] + 1
+        if first >= n:
+            continue
+        for index, payload in enumerate(unpack_payloads(blob, n)[first:], first):
+            if len(page) == limit:
+                return page, f"{last[0]}:{last[1]}:{last[2]}"
+            page.append(UsageRow(account_id, at_ms, payload))
+            last = (at_ms, chunk_id, index)
+    return page, None
+
+
+def _migrate_usage_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: each old usage row becomes a chunk of one, keeping its id (so a cursor
+    issued before the upgrade still pages on)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'").fetchone() is None:
+        return
+    conn.execute(
+        "INSERT INTO usage_chunk (id, account_id, at_ms, n, payloads)"
+        " SELECT id, account_id, at_ms, 1, payload FROM usage ORDER BY id"
+    )
+    conn.execute("DROP TABLE usage")
 
 
 def _write_snapshot(epoch: int, seq: int, blob: bytes, conn: sqlite3.Connection) -> None:

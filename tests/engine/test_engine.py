@@ -92,6 +92,27 @@ async def test_concurrent_ops_share_one_write_and_apply_in_order(tmp_path):
     await engine.stop()
 
 
+async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_path):
+    """The next batch is applied while the previous one is written; a retry in it (answered
+    from the core's idempotency record of an op not yet durable) is not acknowledged before
+    the original's write lands, and neither is anything else in it."""
+    engine, storage, _ = await _engine(tmp_path)
+    await engine.submit(_upsert("a"))
+    await engine.submit(_grant("a", "g", 10))
+    storage.gate = asyncio.Event()
+    original = asyncio.ensure_future(engine.submit(_charge("a", "c0", 4)))
+    await asyncio.sleep(0.01)  # applied, its write blocked
+    retry = asyncio.ensure_future(engine.submit(_charge("a", "c0", 4)))
+    other = asyncio.ensure_future(engine.submit(_charge("a", "c1", 1)))
+    await asyncio.sleep(0.01)
+    assert engine.ledger.has_charge("a", "c1"), "the next batch was applied during the write"
+    assert not original.done() and not retry.done() and not other.done()
+    storage.gate.set()
+    assert await original == await retry == (C.OK, C.DECISION_OK, 4, 6, 0, "")
+    assert (await other)[3] == 5
+    await engine.stop()
+
+
 async def test_storage_outage_answers_unavailable_then_recovers(tmp_path):
     """While the pending batch cannot be written, new mutations get UNAVAILABLE, not applied;
     when storage returns the batch lands and the caller gets its original result."""
@@ -124,8 +145,13 @@ async def test_full_queue_is_refused_at_once(tmp_path):
     storage.gate = asyncio.Event()
     blocked = [asyncio.ensure_future(engine.submit(_grant("a", "g0", 1)))]
     await asyncio.sleep(0.01)  # g0 is now in the (blocked) write; the queue is empty
+    # The next four are applied at once (they wait behind the blocked write, out of the queue)...
     blocked += [asyncio.ensure_future(engine.submit(_grant("a", f"g{i}", 1))) for i in range(1, 5)]
-    await asyncio.sleep(0.01)  # four waiting: the queue is full
+    await asyncio.sleep(0.01)
+    # ...and four more, which cannot be applied until that write lands, fill the queue.
+    blocked += [asyncio.ensure_future(engine.submit(_grant("a", f"g{i}", 1))) for i in range(5, 9)]
+    await asyncio.sleep(0.01)
+    assert not any(t.done() for t in blocked)
     with pytest.raises(Overloaded):
         await engine.submit(_grant("a", "g-over", 1))
     storage.gate.set()

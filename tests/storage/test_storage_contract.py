@@ -423,3 +423,26 @@ async def test_reopen_after_close_and_server_restart_loads_the_same_data(
 async def test_durability_check_accepts_the_test_configuration(store: Storage) -> None:
     """A file with WAL + FULL, and Redis with AOF always, raise no durability warning."""
     assert await store.check_durability() is None
+
+
+async def test_a_flush_of_many_rows_pages_row_by_row(backend: Backend, store: Storage) -> None:
+    """A flush's rows are stored together per account (one chunk), yet pages cut anywhere inside
+    it and the cursor resumes on the next row; other accounts' rows stay out."""
+    epoch = await store.acquire_lease("a", backend.lease_ttl_ms)
+    first = [usage("acct-1", T0, n) for n in range(25)]
+    mixed = [usage("acct-1" if n % 3 else "acct-2", T0 + 7, n) for n in range(30)]
+    await store.append(epoch, 1, rec(1), first, [])
+    await store.append(epoch, 2, rec(2), mixed, [])
+    want = first + [row for row in mixed if row.account_id == "acct-1"]
+    got: list[UsageRow] = []
+    cursor = None
+    for _ in range(10):
+        page, cursor = await store.list_usage("acct-1", 0, 0, 6, cursor)
+        got += page
+        assert len(page) == 6 or cursor is None
+        if cursor is None:
+            break
+    assert got == want
+    assert await all_usage(store, "acct-2") == [row for row in mixed if row.account_id == "acct-2"]
+    page, _ = await store.list_usage("acct-1", T0 + 1, 0, 100, None)
+    assert page == want[25:]

@@ -190,3 +190,22 @@ async def test_lost_usage_top_does_not_break_appends(opened) -> None:
     await store.append(epoch, 2, b"r2", [UsageRow("u", T0, b"early")], [])
     assert [r.payload async for r in store.iter_usage("u", 0, 0)] == [b"late", b"early"]
     assert (await store.load()).last_seq == 2
+
+
+async def test_append_script_refuses_a_damaged_usage_chunk_before_writing(opened) -> None:
+    """The append script checks every packed chunk before its first write: a chunk whose lengths
+    do not add up is refused and nothing of the flush (record, usage) is written."""
+    from quota_server.storage.redis import _SCRIPTS
+
+    store = await opened()
+    epoch = await store.acquire_lease("a", TTL_MS * 10)
+    keys = [store.k_holder, store.k_meta, store.k_journal, store.k_events, store.k_usage_top, store.usage_key("x")]
+    damaged = (3).to_bytes(4, "little") + b"abc" + (9).to_bytes(4, "little") + b"short"
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 1, 0, 6, "x", T0, 2, damaged])
+    assert reply[0] == b"BADCHUNK"
+    assert await store.load() == Recovered(None, 0, [])
+    assert await store.list_usage("x", 0, 0, 10, None) == ([], None)
+    good = (3).to_bytes(4, "little") + b"abc" + (5).to_bytes(4, "little") + b"short"
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 1, 0, 6, "x", T0, 2, good])
+    assert reply[0] == b"OK"
+    assert [r.payload for r in (await store.list_usage("x", 0, 0, 10, None))[0]] == [b"abc", b"short"]

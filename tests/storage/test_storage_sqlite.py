@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quota_server.storage import Fenced, LeaseHeld, Recovered, StorageError
+from quota_server.storage import Fenced, LeaseHeld, Recovered, StorageError, UsageRow
 from quota_server.storage.sqlite import SqliteStorage
 
 from .conftest import ManualClock
@@ -197,3 +197,38 @@ async def test_calls_before_open_fail_cleanly(db: Path) -> None:
     with pytest.raises(StorageError, match="not open"):
         await store.load()
     await store.close()  # closing a store that was never opened is fine
+
+
+async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: Path) -> None:
+    """A file written by schema version 1 (one usage row per record) opens as version 2 with
+    every row readable in the same order, and a cursor issued by version 1 resumes after its row."""
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL,"
+            " at_ms INTEGER NOT NULL, payload BLOB NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO usage (account_id, at_ms, payload) VALUES (?, ?, ?)",
+            [("a", 100 + i // 2, b"old%d" % i) for i in range(5)],
+        )
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        rows, cursor = await store.list_usage("a", 0, 0, 2, None)
+        assert [r.payload for r in rows] == [b"old0", b"old1"]
+        rows, _ = await store.list_usage("a", 0, 0, 10, "100:2")  # a version-1 cursor: at_ms:id
+        assert [r.payload for r in rows] == [b"old2", b"old3", b"old4"]
+        epoch = await store.acquire_lease("me", 30_000)
+        await store.append(epoch, 1, b"r", [UsageRow("a", 200, b"new")], [])
+        assert [r.payload async for r in store.iter_usage("a", 0, 0)] == [b"old%d" % i for i in range(5)] + [b"new"]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'usage'").fetchone()[0] == 0
+        # the new chunk got an id after the migrated ones (AUTOINCREMENT kept its high-water mark)
+        assert conn.execute("SELECT max(id) FROM usage_chunk").fetchone()[0] == 6
+    conn.close()

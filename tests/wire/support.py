@@ -52,7 +52,9 @@ class StubEngine:
 
     def __init__(self, ledger: Any) -> None:
         self.ledger = ledger
-        self.submitted: list[tuple] = []
+        self.submitted: list[tuple] = []  # (op, derive or None); a group's ops as (op, "group")
+        self.usage: list = []  # what the derives produced, as the engine collects it
+        self.events: list = []
 
     def now_ns(self) -> int:
         return NOW_NS
@@ -62,7 +64,19 @@ class StubEngine:
 
     async def submit_many(self, items: list) -> list[tuple]:
         self.submitted.extend(items)
-        return self.ledger.apply([op for op, _ in items], NOW_NS)
+        results = self.ledger.apply([op for op, _ in items], NOW_NS)
+        for (op, derive), result in zip(items, results):
+            if derive is not None and result[0] == C.OK:
+                rows, events = derive(op, result, True, NOW_NS // 1_000_000)
+                self.usage.extend(rows)
+                self.events.extend(events)
+        return results
+
+    async def submit_group(self, ops: list, deriver) -> list[tuple]:
+        self.submitted.extend((op, "group") for op in ops)
+        results = self.ledger.apply(ops, NOW_NS)
+        deriver.derive_into(results, 0, set(), NOW_NS // 1_000_000, self.usage, self.events)
+        return results
 
     def read(self, op: tuple) -> tuple:
         return self.ledger.apply([op], NOW_NS)[0]

@@ -51,11 +51,12 @@ def run_both(config, snapshot, data: bytes, max_ops: int = MAX_BATCH_OPS):
 def test_random_batches_answer_like_the_python_path(config, snapshot, data):
     """Goal: same ops submitted in the same order, same results (responses and per-op errors),
     same whole-request failures (corrupt wire format, bad UTF-8)."""
-    (slow, slow_ops, _), (fast, fast_ops, _) = run_both(config, snapshot, data)
+    (slow, slow_ops, slow_engine), (fast, fast_ops, fast_engine) = run_both(config, snapshot, data)
     assert fast == slow
     assert strict_equal([op for op, _ in fast_ops], [op for op, _ in slow_ops])
-    # Each op has a derive (usage rows) on both paths or on neither (their output: test_encode).
-    assert [d is None for _, d in fast_ops] == [d is None for _, d in slow_ops]
+    # The same usage rows and events, whether derived op by op or as a group.
+    assert fast_engine.usage == slow_engine.usage
+    assert fast_engine.events == slow_engine.events
 
 
 def test_batch_with_every_kind_and_errors(config, snapshot):
@@ -76,9 +77,10 @@ def test_batch_with_every_kind_and_errors(config, snapshot):
         pb.BatchOp(charge=pb.ChargeRequest(account_id="acct-free", charge_id="c-2", action="image.generate")),
     ]
     data = pb.BatchRequest(ops=ops).SerializeToString()
-    (slow, slow_ops, _), (fast, fast_ops, _) = run_both(config, snapshot, data)
+    (slow, slow_ops, slow_engine), (fast, fast_ops, fast_engine) = run_both(config, snapshot, data)
     assert fast == slow
     assert strict_equal([op for op, _ in fast_ops], [op for op, _ in slow_ops])
+    assert len(fast_engine.usage) == 3 and fast_engine.usage == slow_engine.usage  # 2 commits, 1 charge allowed
     kinds = [r.WhichOneof("result") for r in fast.results]
     assert kinds == ["reserve", "commit", "error", "check", "get_balance", "error", "commit", "extend", "error",
                      "charge", "charge"]
@@ -110,3 +112,15 @@ def test_too_many_ops_is_refused_as_a_whole(config, snapshot):
     assert fast_ops == slow_ops == []
     (slow, _, _), (fast, _, _) = run_both(config, snapshot, b"", max_ops=3)
     assert fast == slow == pb.BatchResponse()
+
+
+def test_an_all_fast_batch_is_derived_as_a_group(config, snapshot):
+    """Goal: a batch whose every op is on the fast path goes to the engine as one group (one
+    derive_into call, not a derive per op) and derives the same usage rows as the Python path."""
+    ops = [pb.BatchOp(charge=pb.ChargeRequest(account_id="acct-free", charge_id=f"g-{i}", action="image.generate"))
+           for i in range(5)]
+    data = pb.BatchRequest(ops=ops).SerializeToString()
+    (slow, _, slow_engine), (fast, fast_ops, fast_engine) = run_both(config, snapshot, data)
+    assert fast == slow
+    assert [d for _, d in fast_ops] == ["group"] * 5
+    assert len(fast_engine.usage) == 5 and fast_engine.usage == slow_engine.usage
