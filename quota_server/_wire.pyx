@@ -32,6 +32,7 @@ from .storage.base import UsageRow
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    bint PyUnicode_IS_ASCII(object s)
 
 cdef extern from *:
     """
@@ -815,6 +816,21 @@ cdef int buf_int(Buf* b, int64_t v) except -1:
     return buf_put(b, tmp + k, 24 - k)
 
 
+cdef bint json_plain(str s):
+    """Whether json.dumps(s) (ensure_ascii) is s in quotes: printable ASCII without " or \\."""
+    cdef Py_ssize_t n, i
+    cdef const unsigned char* p
+    cdef unsigned char c
+    if not PyUnicode_IS_ASCII(s):
+        return False
+    p = <const unsigned char*>PyUnicode_AsUTF8AndSize(s, &n)
+    for i in range(n):
+        c = p[i]
+        if c < 0x20 or c > 0x7e or c == 34 or c == 92:
+            return False
+    return True
+
+
 cdef int json_value(Buf* b, object v) except -1:
     """json.dumps of an int, bool or str (the shapes of a usage row)."""
     if v is True:
@@ -822,6 +838,10 @@ cdef int json_value(Buf* b, object v) except -1:
     if v is False:
         return buf_put(b, b"false", 5)
     if isinstance(v, str):
+        if json_plain(v):  # the usual action name or label: nothing to escape
+            buf_byte(b, 34)
+            buf_pystr_ascii(b, v)
+            return buf_byte(b, 34)
         return buf_pystr_ascii(b, _encode_str_json(v))
     if -0x8000000000000000 <= v <= 0x7fffffffffffffff:
         return buf_int(b, v)
@@ -902,6 +922,7 @@ cdef object new_usage_row(object account_id, object at_ms, bytes payload):
 
 
 @cython.final
+@cython.no_gc  # one per Commit/Charge: keep them out of the collector (they hold no cycles)
 cdef class _Usage:
     """The `derive` of a fast-path Commit or Charge: its usage row and events (see engine.Derive)."""
     cdef WireCodec codec
@@ -947,6 +968,7 @@ cdef class WireCodec:
     cdef object decode_meta
     cdef object credit_events
     cdef dict meta_cache
+    cdef object last_account    # the account id str of the previous op (see account_str)
     cdef Scan scan
     cdef RawMap qmap
     cdef RawMap lmap
@@ -972,6 +994,21 @@ cdef class WireCodec:
         PyMem_Free(self.tmp.p)
 
     # -------------------------------------------------------------- lookups shared by the kinds
+
+    cdef object account_str(self, Field* f):
+        """The account id of a request as str: the previous op's str object when it is the same
+        id (a Batch is usually one account's), so its hash is computed once and dict lookups
+        here and in the core hit on identity."""
+        cdef Py_ssize_t n
+        cdef const char* q
+        cdef object last = self.last_account
+        if last is not None:
+            q = PyUnicode_AsUTF8AndSize(last, &n)
+            if n == f.n and memcmp(q, f.p, n) == 0:
+                return last
+        last = id_str(f)
+        self.last_account = last
+        return last
 
     cdef object account(self, object account_id):
         """(plan_id, status) of the account, or None if it does not exist."""
@@ -1171,7 +1208,7 @@ cdef class WireCodec:
             price = amount
         allow_partial = s.f[7].v != 0
         on_expire = EXPIRE_COMMIT if on_expire_raw == 2 else EXPIRE_RELEASE
-        account_id = id_str(&s.f[1])
+        account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
         canon_begin(b, DOMAIN_RESERVE)
@@ -1204,7 +1241,7 @@ cdef class WireCodec:
             return None
         if self.maps(s):
             return None
-        account_id = id_str(&s.f[1])
+        account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
         canon_begin(b, DOMAIN_COMMIT)
         if s.f[3].present:
@@ -1228,7 +1265,7 @@ cdef class WireCodec:
             return None
         if not (valid_id(s.f[1].p, s.f[1].n) and valid_id(s.f[2].p, s.f[2].n)):
             return None
-        return ((OP_RELEASE, id_str(&s.f[1]), id_str(&s.f[2])), None)
+        return ((OP_RELEASE, self.account_str(&s.f[1]), id_str(&s.f[2])), None)
 
     cdef object extend(self, const uint8_t* p, Py_ssize_t n):
         cdef Scan* s = &self.scan
@@ -1243,7 +1280,7 @@ cdef class WireCodec:
         ttl_ns = self.ttl_ns(s.f[4].v)
         if ttl_ns < 0:
             return None
-        account_id = id_str(&s.f[1])
+        account_id = self.account_str(&s.f[1])
         entry = self.account(account_id)
         if entry is not None and (<tuple>entry)[1] == ACCOUNT_SUSPENDED:
             return None  # DataPlane._extend_suspended may answer it without the core
@@ -1280,7 +1317,7 @@ cdef class WireCodec:
                 return None
         else:
             price = amount
-        account_id = id_str(&s.f[1])
+        account_id = self.account_str(&s.f[1])
         charge_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
         canon_begin(b, DOMAIN_CHARGE)
@@ -1566,6 +1603,7 @@ cdef int put_result(Buf* out, uint8_t field, Buf* sub) except -1:
 
 
 @cython.final
+@cython.no_gc  # holds bytes, ints, str and _Usage objects: no cycles
 cdef class BatchWork:
     """One decoded BatchRequest: per op, either a fast-path (op, derive) or a slot the Python
     path fills (`slow` lists those indices; `raw(i)` is the BatchOp's bytes)."""

@@ -167,11 +167,13 @@ class QuotaServer:
             await self.grpc_server.wait_for_termination()
 
 
-GC_GEN0_THRESHOLD = 20_000
+GC_GEN0_THRESHOLD = 100_000
 """Allocations between young-generation collections (CPython's default is 700). The hot path
-allocates many short-lived objects per op (op tuples, usage rows) that die without cycles, so a
-collection every 700 allocations is mostly wasted work; 20,000 keeps the young generation a
-few MB at most."""
+allocates several short-lived objects per op (op tuples, usage rows) that die without cycles;
+a Batch of 1000 ops keeps thousands of them alive until its flush is written, and a collection
+every 700 allocations traverses them again and again. 100,000 keeps the young generation to
+about 10 MB; measured in-process on Batch(1000) Reserve+Commit, CPU per op 2.21 µs at 700,
+2.10 at 20,000, 1.86 at 100,000 (one run each, on a busy machine)."""
 
 
 def tune_gc() -> None:

@@ -104,12 +104,18 @@ def group_usage(usage: list[UsageRow]) -> list[tuple[str, int, list[bytes]]]:
     first-seen) and rows within a chunk by insertion gives exactly the (at_ms, insertion
     order) that ``list_usage`` promises. In practice every row of a flush has the flush's
     at_ms, so this is one chunk per account touched.
+
+    Also validates the rows (ValueError: a programmer error), once per chunk.
     """
     chunks: dict[tuple[str, int], list[bytes]] = {}
     for row in usage:
         key = (row.account_id, row.at_ms)
         payloads = chunks.get(key)
         if payloads is None:
+            if not row.account_id:
+                raise ValueError("usage row without account_id")
+            if not 0 <= row.at_ms <= ID_MAX:
+                raise ValueError(f"usage at_ms must be in 0..{ID_MAX}, got {row.at_ms}")
             chunks[key] = [row.payload]
         else:
             payloads.append(row.payload)
@@ -289,15 +295,12 @@ def check_ttl(ttl_ms: int) -> None:
         raise ValueError(f"ttl_ms must be in {LEASE_TTL_MIN_MS}..{LEASE_TTL_MAX_MS}, got {ttl_ms}")
 
 
-def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow]) -> None:
-    """Reject malformed arguments of ``append`` before anything is sent (programmer errors)."""
+def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow]) -> list[tuple[str, int, list[bytes]]]:
+    """Reject malformed arguments of ``append`` before anything is sent (programmer errors);
+    returns the usage rows grouped as ``group_usage`` does."""
     if not 1 <= seq <= ID_MAX:
         raise ValueError(f"seq must be in 1..{ID_MAX}, got {seq}")
-    for row in usage:
-        if not row.account_id:
-            raise ValueError("usage row without account_id")
-        if not 0 <= row.at_ms <= ID_MAX:
-            raise ValueError(f"usage at_ms must be in 0..{ID_MAX}, got {row.at_ms}")
+    chunks = group_usage(usage)
     prev_event_id = 0
     for ev in events:
         if not 1 <= ev.event_id <= ID_MAX:
@@ -307,6 +310,7 @@ def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow]) -> None
         if ev.event_id <= prev_event_id:
             raise SequenceError(f"event ids must increase within a batch: {ev.event_id} after {prev_event_id}")
         prev_event_id = ev.event_id
+    return chunks
 
 
 def check_recovered(recovered: Recovered, last_seq: int) -> None:

@@ -31,7 +31,9 @@ class MemoryStorage(Storage):
         self._last_seq = 0
         self._records: dict[int, bytes] = {}
         self._snapshot: tuple[int, bytes] | None = None
-        self._usage: dict[str, list[tuple[int, int, UsageRow]]] = {}
+        # account -> [(at_ms, n, payload)]: tuples of atomic values, which the garbage collector
+        # stops tracking (a UsageRow object per row would be traversed by every full collection)
+        self._usage: dict[str, list[tuple[int, int, bytes]]] = {}
         self._usage_counter = 0
         self._events: list[EventRow] = []
 
@@ -62,7 +64,7 @@ class MemoryStorage(Storage):
         return Recovered(snapshot=blob, snapshot_seq=snap_seq, records=records)
 
     async def append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
-        check_batch(seq, usage, events)
+        chunks = check_batch(seq, usage, events)
         if epoch != self._epoch or self._owner is None:
             raise Fenced(f"epoch {epoch} is not current")
         if seq <= self._last_seq:
@@ -75,16 +77,19 @@ class MemoryStorage(Storage):
             raise SequenceError("event ids must increase")
         self._records[seq] = record
         self._last_seq = seq
-        for row in usage:
-            self._usage_counter += 1
-            item = (row.at_ms, self._usage_counter, row)
-            rows = self._usage.get(row.account_id)
+        counter = self._usage_counter
+        for account_id, at_ms, payloads in chunks:
+            items = [(at_ms, n, bytes(payload)) for n, payload in enumerate(payloads, counter + 1)]
+            counter += len(payloads)
+            rows = self._usage.get(account_id)
             if rows is None:
-                self._usage[row.account_id] = [item]
-            elif rows[-1][0] <= row.at_ms:  # the usual case: time moves forward
-                rows.append(item)
+                self._usage[account_id] = items
+            elif rows[-1][0] <= at_ms:  # the usual case: time moves forward
+                rows.extend(items)
             else:
-                bisect.insort(rows, item)
+                for item in items:
+                    bisect.insort(rows, item)
+        self._usage_counter = counter
         self._events.extend(events)
 
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
@@ -111,10 +116,10 @@ class MemoryStorage(Storage):
         out = []
         last = None
         while i < len(rows) and len(out) < limit:
-            at_ms, n, row = rows[i]
+            at_ms, n, payload = rows[i]
             if to_ms and at_ms >= to_ms:
                 break
-            out.append(row)
+            out.append(UsageRow(account_id, at_ms, payload))
             last = (at_ms, n)
             i += 1
         more = i < len(rows) and not (to_ms and rows[i][0] >= to_ms)

@@ -52,7 +52,6 @@ from .base import (
     UsageRow,
     check_batch,
     check_limit,
-    group_usage,
     pack_payloads,
     check_recovered,
     check_ttl,
@@ -440,10 +439,9 @@ class RedisStorage(Storage):
         usage: list[UsageRow],
         events: list[EventRow],
     ) -> None:
-        check_batch(seq, usage, events)
+        chunks = check_batch(seq, usage, events)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
-        chunks = group_usage(usage)
         args: list[Any] = [epoch, seq, record, len(chunks), len(events)]
         for account_id, at_ms, payloads in chunks:
             index = key_index.get(account_id)

@@ -27,6 +27,7 @@ import os
 import re
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,19 +43,55 @@ from .base import (
     StorageUnavailable,
     UsageRow,
     check_batch,
-    group_usage,
-    pack_payloads,
-    unpack_payloads,
     check_limit,
     check_recovered,
     check_ttl,
+    pack_payloads,
+    unpack_payloads,
 )
 
 T = TypeVar("T")
 
+CHECKPOINT_EVERY_BYTES = 8 << 20
+"""Bytes appended between two background checkpoints (WAL pages copied into the database)."""
+WAL_RESTART_FRAMES = 16_384
+"""WAL length (frames of one 4 KB page) past which the writer restarts the WAL from its start.
+SQLite only reuses the WAL from the start once a checkpoint has copied every frame, which a
+background checkpoint racing a busy writer never quite does; so once the WAL is this long, the
+writer runs a RESTART checkpoint itself, which has little left to copy (the background ones did
+the rest). The WAL file is kept at this size (journal_size_limit), reused rather than regrown."""
+
 SCHEMA_VERSION = 2
 """1: one ``usage`` row per usage record. 2: ``usage_chunk``, one row per (account, at_ms) of a
-flush holding all of its records (``base.group_usage``); a version-1 file is migrated at open."""
+flush holding all of its records (``base.group_usage``), and blobs zlib-compressed (``codec``);
+a version-1 file is migrated at open."""
+
+CODEC_RAW, CODEC_ZLIB = 0, 1
+COMPRESS_MIN_BYTES = 1_024
+"""Blobs from this size on are stored zlib-compressed (level 1), on the worker thread (zlib
+releases the GIL). Journal records and usage chunks of large flushes shrink about 10x and 50x:
+what costs most on a busy server is the disk's bandwidth (every byte is written to the WAL,
+fsynced, then copied into the database by a checkpoint), not the CPU that compression takes."""
+COMPRESS_LEVEL = 1
+
+
+def _pack_blob(data: bytes) -> tuple[bytes, int]:
+    if len(data) >= COMPRESS_MIN_BYTES:
+        packed = zlib.compress(data, COMPRESS_LEVEL)
+        if len(packed) < len(data):
+            return packed, CODEC_ZLIB
+    return data, CODEC_RAW
+
+
+def _unpack_blob(data: bytes, codec: int, what: str) -> bytes:
+    if codec == CODEC_RAW:
+        return bytes(data)
+    if codec == CODEC_ZLIB:
+        try:
+            return zlib.decompress(data)
+        except zlib.error as exc:
+            raise StorageError(f"sqlite: damaged {what}: {exc}") from None
+    raise StorageError(f"sqlite: {what} has unknown codec {codec} (written by a newer server?)")
 BUSY_TIMEOUT_MS_DEFAULT = 5_000
 
 _SCHEMA = """
@@ -70,19 +107,22 @@ INSERT OR IGNORE INTO meta (id, owner, epoch, expires_at_ms, last_seq, last_even
     VALUES (1, NULL, 0, 0, 0, 0);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    codec INTEGER NOT NULL DEFAULT 0       -- 0: as written, 1: zlib (see _pack_blob)
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
-    blob BLOB NOT NULL
+    blob BLOB NOT NULL,
+    codec INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS usage_chunk (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused, so cursors stay valid
     account_id TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,                     -- usage rows in the chunk (>= 1)
-    payloads BLOB NOT NULL                  -- base.pack_payloads: n = 1 is the payload itself
+    payloads BLOB NOT NULL,                 -- base.pack_payloads: n = 1 is the payload itself
+    codec INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_chunk_account_at ON usage_chunk (account_id, at_ms, id);
 CREATE TABLE IF NOT EXISTS events (
@@ -136,6 +176,13 @@ class SqliteStorage(Storage):
         self._clock_ms = clock_ms
         self._busy_timeout_ms = busy_timeout_ms
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Checkpoints run on their own thread and connection, so appends never wait for one
+        # (SQLite's automatic checkpoint would run inside the append that crosses the mark).
+        self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._checkpoint: concurrent.futures.Future | None = None
+        self._ckpt_conn: sqlite3.Connection | None = None  # owned by the checkpoint thread
+        self._bytes_since_checkpoint = 0
+        self._wal_frames = 0  # the WAL's length as the last background checkpoint saw it
         # Owned by the worker thread only:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -205,6 +252,8 @@ class SqliteStorage(Storage):
             if str(mode).lower() != "wal":
                 raise StorageError(f"sqlite: cannot enable WAL on {self.path} (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _after_write
+            conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * 4096}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageError(
@@ -217,7 +266,7 @@ class SqliteStorage(Storage):
                     if statement.strip():
                         conn.execute(statement)
                 if version == 1:
-                    _migrate_usage_v1(conn)
+                    _migrate_v1(conn)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -233,10 +282,56 @@ class SqliteStorage(Storage):
         if self._executor is None:
             return
         try:
+            if self._checkpointer is not None:
+                checkpointer, self._checkpointer = self._checkpointer, None
+                checkpointer.submit(self._close_checkpoint_conn)
+                await asyncio.get_running_loop().run_in_executor(None, checkpointer.shutdown, True)
             await self._run(self._close_sync)
         finally:
             executor, self._executor = self._executor, None
             executor.shutdown(wait=True)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _after_write(self, written: int) -> None:
+        """Called on the worker thread after each committed write of `written` bytes."""
+        self._bytes_since_checkpoint += written
+        if self._bytes_since_checkpoint < CHECKPOINT_EVERY_BYTES:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        if self._wal_frames >= WAL_RESTART_FRAMES:
+            # See WAL_RESTART_FRAMES: copy the little the last background checkpoint left
+            # and start the WAL over (this append's caller waits for it). Busy: next time.
+            assert self._conn is not None
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not busy:
+                self._wal_frames = 0
+                self._bytes_since_checkpoint = 0
+                return
+        if self._checkpointer is None:
+            self._checkpointer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="quota-sqlite-checkpoint"
+            )
+        self._bytes_since_checkpoint = 0
+        self._checkpoint = self._checkpointer.submit(self._checkpoint_sync)
+
+    def _checkpoint_sync(self) -> None:
+        """A PASSIVE checkpoint on the checkpoint thread: copies what it can without blocking
+        the writer. Failures are left for the next one (the WAL keeps everything meanwhile)."""
+        try:
+            if self._ckpt_conn is None:
+                self._ckpt_conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000,
+                                                  isolation_level=None, check_same_thread=False)
+            _, log_frames, _ = self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._wal_frames = max(log_frames, 0)
+        except sqlite3.Error:
+            pass
+
+    def _close_checkpoint_conn(self) -> None:
+        if self._ckpt_conn is not None:
+            conn, self._ckpt_conn = self._ckpt_conn, None
+            conn.close()
 
     def _close_sync(self) -> None:
         self._drop_flock()
@@ -342,13 +437,26 @@ class SqliteStorage(Storage):
         usage: list[UsageRow],
         events: list[EventRow],
     ) -> None:
-        check_batch(seq, usage, events)
-        await self._run(self._write_txn, functools.partial(_append, epoch, seq, bytes(record), usage, events))
+        chunks = check_batch(seq, usage, events)
+        await self._run(self._append_sync, epoch, seq, bytes(record), chunks, events)
+
+    def _append_sync(self, epoch: int, seq: int, record: bytes, chunks: list, events: list[EventRow]) -> None:
+        # Compressed before the transaction, so the write lock is held only for the writes.
+        stored = _pack_blob(record)
+        rows = [(account_id, at_ms, len(payloads)) + _pack_blob(pack_payloads(payloads))
+                for account_id, at_ms, payloads in chunks]
+        written = self._write_txn(functools.partial(_append, epoch, seq, record, stored, rows, events))
+        self._after_write(written)
 
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
         if seq < 0:
             raise ValueError(f"seq must be >= 0, got {seq}")
-        await self._run(self._write_txn, functools.partial(_write_snapshot, epoch, seq, bytes(blob)))
+        await self._run(self._snapshot_sync, epoch, seq, bytes(blob))
+
+    def _snapshot_sync(self, epoch: int, seq: int, blob: bytes) -> None:
+        stored, codec = _pack_blob(blob)
+        self._write_txn(functools.partial(_write_snapshot, epoch, seq, stored, codec))
+        self._after_write(len(stored))
 
     # -- usage and events ------------------------------------------------------------------
 
@@ -408,29 +516,31 @@ def _append(
     epoch: int,
     seq: int,
     record: bytes,
-    usage: list[UsageRow],
+    stored: tuple[bytes, int],
+    chunks: list[tuple[str, int, int, bytes, int]],
     events: list[EventRow],
     conn: sqlite3.Connection,
-) -> None:
+) -> int:
+    """`stored` is `record` as stored (blob, codec); `chunks` the usage rows to insert. Returns
+    about how many bytes it wrote (0 for a retry that had landed)."""
     last_seq, last_event_id = _check_fence(conn, epoch)
     if seq <= last_seq:
-        row = conn.execute("SELECT record FROM journal WHERE seq = ?", (seq,)).fetchone()
+        row = conn.execute("SELECT record, codec FROM journal WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise SequenceError(f"seq {seq} is already covered by a snapshot (last seq {last_seq})")
-        if bytes(row[0]) == record:
-            return  # the retry of an append that had landed: nothing to do
+        if _unpack_blob(row[0], row[1], f"journal record {seq}") == record:
+            return 0  # the retry of an append that had landed: nothing to do
         raise SequenceError(f"seq {seq} already holds a different record")
     if seq != last_seq + 1:
         raise SequenceError(f"seq {seq} does not follow last seq {last_seq}")
     if events and events[0].event_id <= last_event_id:
         raise SequenceError(f"event id {events[0].event_id} does not follow {last_event_id}")
-    conn.execute("INSERT INTO journal (seq, record) VALUES (?, ?)", (seq, record))
-    if usage:
-        conn.executemany(
-            "INSERT INTO usage_chunk (account_id, at_ms, n, payloads) VALUES (?, ?, ?, ?)",
-            [(account_id, at_ms, len(payloads), pack_payloads(payloads))
-             for account_id, at_ms, payloads in group_usage(usage)],
-        )
+    conn.execute("INSERT INTO journal (seq, record, codec) VALUES (?, ?, ?)", (seq, stored[0], stored[1]))
+    written = len(stored[0])
+    if chunks:
+        conn.executemany("INSERT INTO usage_chunk (account_id, at_ms, n, payloads, codec) VALUES (?, ?, ?, ?, ?)",
+                         chunks)
+        written += sum(len(chunk[3]) for chunk in chunks)
     if events:
         conn.executemany(
             "INSERT INTO events (event_id, account_id, type, at_ms, payload) VALUES (?, ?, ?, ?, ?)",
@@ -440,6 +550,7 @@ def _append(
     conn.execute(
         "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1", (seq, last_event_id)
     )
+    return written
 
 
 def _list_usage(
@@ -452,7 +563,7 @@ def _list_usage(
 ) -> tuple[list[UsageRow], str | None]:
     """One page of `list_usage`; `start` is the decoded cursor (at_ms, chunk id, row index,
     -1 for "after the whole chunk")."""
-    sql = "SELECT id, at_ms, n, payloads FROM usage_chunk WHERE account_id = ? AND at_ms >= ?"
+    sql = "SELECT id, at_ms, n, payloads, codec FROM usage_chunk WHERE account_id = ? AND at_ms >= ?"
     params: list[Any] = [account_id, from_ms]
     if to_ms:
         sql += " AND at_ms < ?"
@@ -464,13 +575,14 @@ def _list_usage(
     page: list[UsageRow] = []
     last: tuple[int, int, int] = (0, 0, 0)
     # Chunks are read one at a time (the cursor is lazy) until the page and one more row are in.
-    for chunk_id, at_ms, n, blob in conn.execute(sql, params):
+    for chunk_id, at_ms, n, blob, codec in conn.execute(sql, params):
         first = 0
         if start is not None and (at_ms, chunk_id) == (start[0], start[1]):
             first = n if start[2] < 0 else start[2] + 1
         if first >= n:
             continue
-        for index, payload in enumerate(unpack_payloads(blob, n)[first:], first):
+        payloads = unpack_payloads(_unpack_blob(blob, codec, f"usage chunk {chunk_id}"), n)
+        for index, payload in enumerate(payloads[first:], first):
             if len(page) == limit:
                 return page, f"{last[0]}:{last[1]}:{last[2]}"
             page.append(UsageRow(account_id, at_ms, payload))
@@ -478,9 +590,14 @@ def _list_usage(
     return page, None
 
 
-def _migrate_usage_v1(conn: sqlite3.Connection) -> None:
-    """Schema 1 -> 2: each old usage row becomes a chunk of one, keeping its id (so a cursor
-    issued before the upgrade still pages on)."""
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: blobs get a codec column (what is there stays as written, codec 0), and
+    each old usage row becomes a chunk of one, keeping its id (so a cursor issued before the
+    upgrade still pages on)."""
+    for table in ("journal", "snapshot"):
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if "codec" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'").fetchone() is None:
         return
     conn.execute(
@@ -490,7 +607,7 @@ def _migrate_usage_v1(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE usage")
 
 
-def _write_snapshot(epoch: int, seq: int, blob: bytes, conn: sqlite3.Connection) -> None:
+def _write_snapshot(epoch: int, seq: int, blob: bytes, codec: int, conn: sqlite3.Connection) -> None:
     last_seq, _ = _check_fence(conn, epoch)
     row = conn.execute("SELECT seq FROM snapshot WHERE id = 1").fetchone()
     snapshot_seq = row[0] if row else 0
@@ -498,17 +615,17 @@ def _write_snapshot(epoch: int, seq: int, blob: bytes, conn: sqlite3.Connection)
         raise SequenceError(
             f"snapshot seq {seq} outside {snapshot_seq}..{last_seq} (current snapshot..last seq)"
         )
-    conn.execute("INSERT OR REPLACE INTO snapshot (id, seq, blob) VALUES (1, ?, ?)", (seq, blob))
+    conn.execute("INSERT OR REPLACE INTO snapshot (id, seq, blob, codec) VALUES (1, ?, ?, ?)", (seq, blob, codec))
     conn.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
 
 
 def _load(conn: sqlite3.Connection) -> Recovered:
-    row = conn.execute("SELECT seq, blob FROM snapshot WHERE id = 1").fetchone()
-    snapshot, snapshot_seq = (bytes(row[1]), row[0]) if row else (None, 0)
+    row = conn.execute("SELECT seq, blob, codec FROM snapshot WHERE id = 1").fetchone()
+    snapshot, snapshot_seq = (_unpack_blob(row[1], row[2], "snapshot"), row[0]) if row else (None, 0)
     records = [
-        (seq, bytes(record))
-        for seq, record in conn.execute(
-            "SELECT seq, record FROM journal WHERE seq > ? ORDER BY seq", (snapshot_seq,)
+        (seq, _unpack_blob(record, codec, f"journal record {seq}"))
+        for seq, record, codec in conn.execute(
+            "SELECT seq, record, codec FROM journal WHERE seq > ? ORDER BY seq", (snapshot_seq,)
         )
     ]
     (last_seq,) = conn.execute("SELECT last_seq FROM meta WHERE id = 1").fetchone()

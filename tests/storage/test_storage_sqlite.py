@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quota_server.storage import Fenced, LeaseHeld, Recovered, StorageError, UsageRow
+from quota_server.storage import Fenced, LeaseHeld, Recovered, SequenceError, StorageError, UsageRow
 from quota_server.storage.sqlite import SqliteStorage
 
 from .conftest import ManualClock
@@ -204,6 +204,16 @@ async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: P
     every row readable in the same order, and a cursor issued by version 1 resumes after its row."""
     db.parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE journal (seq INTEGER PRIMARY KEY, record BLOB NOT NULL)")
+        conn.execute("CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,"
+                     " blob BLOB NOT NULL)")
+        conn.execute("INSERT INTO snapshot (id, seq, blob) VALUES (1, 3, ?)", (b"snap" * 400,))
+        conn.execute("INSERT INTO journal (seq, record) VALUES (4, ?)", (b"rec4" * 400,))
+        conn.execute(
+            "CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT, epoch INTEGER NOT NULL,"
+            " expires_at_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL, last_event_id INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO meta VALUES (1, NULL, 0, 0, 4, 0)")
         conn.execute(
             "CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL,"
             " at_ms INTEGER NOT NULL, payload BLOB NOT NULL)"
@@ -217,12 +227,13 @@ async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: P
     store = SqliteStorage(str(db))
     await store.open()
     try:
+        assert await store.load() == Recovered(b"snap" * 400, 3, [(4, b"rec4" * 400)])
         rows, cursor = await store.list_usage("a", 0, 0, 2, None)
         assert [r.payload for r in rows] == [b"old0", b"old1"]
         rows, _ = await store.list_usage("a", 0, 0, 10, "100:2")  # a version-1 cursor: at_ms:id
         assert [r.payload for r in rows] == [b"old2", b"old3", b"old4"]
         epoch = await store.acquire_lease("me", 30_000)
-        await store.append(epoch, 1, b"r", [UsageRow("a", 200, b"new")], [])
+        await store.append(epoch, 5, b"r", [UsageRow("a", 200, b"new")], [])
         assert [r.payload async for r in store.iter_usage("a", 0, 0)] == [b"old%d" % i for i in range(5)] + [b"new"]
     finally:
         await store.close()
@@ -232,3 +243,117 @@ async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: P
         # the new chunk got an id after the migrated ones (AUTOINCREMENT kept its high-water mark)
         assert conn.execute("SELECT max(id) FROM usage_chunk").fetchone()[0] == 6
     conn.close()
+
+
+async def test_large_blobs_are_stored_compressed_and_read_back_exactly(db: Path) -> None:
+    """Records, usage chunks and snapshots from COMPRESS_MIN_BYTES on are stored zlib-compressed
+    (codec 1), small ones as they are (codec 0); what load() and list_usage return is the same
+    bytes either way, and the retry of a compressed append is still recognised as a duplicate."""
+    from quota_server.storage import sqlite as sq
+
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", 30_000)
+        big = b"journal record " * 1000
+        rows = [UsageRow("a", 7, b'{"reservation_id":"r%d","amount_charged":1}' % i) for i in range(100)]
+        await store.append(epoch, 1, big, rows, [])
+        await store.append(epoch, 2, b"tiny", [UsageRow("a", 8, b"x")], [])
+        await store.append(epoch, 1, big, rows, [])  # the retry of an ambiguous append: a no-op
+        with pytest.raises(SequenceError):
+            await store.append(epoch, 1, big + b"!", rows, [])
+        assert (await store.load()).records == [(1, big), (2, b"tiny")]
+        assert [r async for r in store.iter_usage("a", 0, 0)] == rows + [UsageRow("a", 8, b"x")]
+        snapshot = bytes(range(256)) * 64
+        await store.write_snapshot(epoch, 2, snapshot)
+        assert await store.load() == Recovered(snapshot, 2, [])
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 0  # trimmed by the snapshot
+        assert conn.execute("SELECT codec, length(blob) < ? FROM snapshot", (len(snapshot),)).fetchone() == (1, 1)
+        codecs = conn.execute("SELECT n, codec FROM usage_chunk ORDER BY id").fetchall()
+        assert codecs == [(100, sq.CODEC_ZLIB), (1, sq.CODEC_RAW)]
+    conn.close()
+
+
+async def test_a_damaged_compressed_record_is_a_storage_error(db: Path) -> None:
+    """A compressed blob that does not decompress is refused on load, not returned as data."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    epoch = await store.acquire_lease("me", 30_000)
+    await store.append(epoch, 1, b"journal record " * 1000, [], [])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE journal SET record = substr(record, 1, 20) WHERE seq = 1")
+    conn.close()
+    try:
+        with pytest.raises(StorageError, match="damaged journal record 1"):
+            await store.load()
+    finally:
+        await store.close()
+
+
+async def test_background_checkpoints_keep_the_wal_from_growing(db: Path, monkeypatch) -> None:
+    """Appends never checkpoint inline (wal_autocheckpoint is off); a background checkpoint runs
+    every CHECKPOINT_EVERY_BYTES and the writer restarts the WAL once it reaches
+    WAL_RESTART_FRAMES, so a long run of back-to-back appends leaves a bounded WAL behind."""
+    import os
+    import random
+
+    from quota_server.storage import sqlite as sq
+
+    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_BYTES", 1 << 20)
+    monkeypatch.setattr(sq, "WAL_RESTART_FRAMES", 1_024)  # 4 MB
+    store = SqliteStorage(str(db))
+    await store.open()
+    rng = random.Random(1)
+    try:
+        epoch = await store.acquire_lease("me", 30_000)
+        payload_size = 256 * 1024  # incompressible, so the bytes really reach the WAL
+        total = 0
+        seq = 0
+        while total < 40 * sq.CHECKPOINT_EVERY_BYTES:
+            seq += 1
+            await store.append(epoch, seq, rng.randbytes(payload_size), [], [])
+            total += payload_size
+        checkpoint = store._checkpoint
+        assert checkpoint is not None, "no background checkpoint was started"
+        checkpoint.result(timeout=30)
+        assert len((await store.load()).records) == seq
+        with sqlite3.connect(db) as conn:
+            _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        conn.close()
+        limit = 1_024 * 4096 + 2 * (1 << 20) + 2 * payload_size  # the patched settings, plus slack
+        assert wal_frames * 4096 < limit, f"WAL of {wal_frames} frames after {total} bytes appended"
+        assert os.path.getsize(str(db) + "-wal") < limit
+    finally:
+        await store.close()
+
+
+async def test_a_long_wal_is_restarted_by_the_writer(db: Path, monkeypatch) -> None:
+    """When the last background checkpoint saw a WAL of WAL_RESTART_FRAMES or more, the next
+    append that crosses CHECKPOINT_EVERY_BYTES restarts the WAL itself (RESTART checkpoint):
+    afterwards the WAL holds only what was written since."""
+    from quota_server.storage import sqlite as sq
+
+    monkeypatch.setattr(sq, "CHECKPOINT_EVERY_BYTES", 1)
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", 30_000)
+        for seq in range(1, 6):
+            await store.append(epoch, seq, bytes(range(256)) * 40 * seq, [], [])
+            if store._checkpoint is not None:
+                store._checkpoint.result(timeout=30)
+        store._wal_frames = sq.WAL_RESTART_FRAMES  # as if the background checkpoints fell behind
+        await store.append(epoch, 6, b"after the restart", [], [])
+        assert store._wal_frames == 0
+        await store.append(epoch, 7, b"next", [], [])
+        store._checkpoint.result(timeout=30)  # not racing the background checkpoint for its lock
+        with sqlite3.connect(db) as conn:
+            _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        conn.close()
+        assert 0 < wal_frames <= 4, f"{wal_frames} frames: the WAL was not restarted"
+        assert [seq for seq, _ in (await store.load()).records] == list(range(1, 8))
+    finally:
+        await store.close()
