@@ -32,16 +32,48 @@ from quota_server.storage.sqlite import SqliteStorage  # noqa: E402
 from tests.storage.redis_proc import RedisProcess, redis_server_path  # noqa: E402
 
 
-async def run_once(make: Callable[[], Storage], appends: int, size: int, usage: int) -> float:
+def engine_flushes(ops: int, count: int = 20) -> list[tuple[bytes, list[UsageRow]]]:
+    """What the engine writes at Batch(`ops`): the core's own journal records of alternating
+    flushes of `ops` Reserves and of their `ops` Commits (fresh ids), one account; a commit
+    flush also carries one usage row per commit, shaped like the server's."""
+    import _fastledger
+    from _fastledger import codes as C
+
+    second = 10**9
+    now = 1_700_000_000 * second
+    ledger = _fastledger.Ledger(retention_ns=86_400 * second)
+    ledger.apply([(C.OP_UPSERT, "acct-1", "default", 0, None, None, None),
+                  (C.OP_GRANT, "acct-1", "g", 1, 10**15, C.LOT_PURCHASED, 0, 0)], now)
+    ledger.take_journal()
+    flushes = []
+    for r in range(count // 2):
+        ids = [f"bench-{r}-{i:06d}" for i in range(ops)]
+        ledger.apply([(C.OP_RESERVE, "acct-1", rid, 1000 + i, 1, False, 0, 60 * second, C.EXPIRE_RELEASE, True, (),
+                       b'{"a":"llm.chat"}') for i, rid in enumerate(ids)], now)
+        flushes.append((ledger.take_journal(), []))
+        ledger.apply([(C.OP_COMMIT, "acct-1", rid, 2000 + i, 1, ()) for i, rid in enumerate(ids)], now)
+        rows = [UsageRow("acct-1", now // 1_000_000, (
+            '{"reservation_id":"%s","charge_id":"","action":"llm.chat","quantities":{},"amount_charged":1,'
+            '"amount_uncharged":0,"labels":{},"late":false}' % rid).encode()) for rid in ids]
+        flushes.append((ledger.take_journal(), rows))
+    return flushes
+
+
+async def run_once(make: Callable[[], Storage], appends: int, size: int, usage: int, flush_ops: int) -> float:
     """Append ``appends`` records to a fresh store; return appends per second."""
     store = make()
     await store.open()
     try:
         epoch = await store.acquire_lease("bench", 60_000)
-        record = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-        rows = [UsageRow(f"acct-{i}", 1_700_000_000_000 + i, b"u" * 64) for i in range(usage)]
+        if flush_ops:
+            flushes = engine_flushes(flush_ops)
+        else:
+            record = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            rows = [UsageRow(f"acct-{i}", 1_700_000_000_000 + i, b"u" * 64) for i in range(usage)]
+            flushes = [(record, rows)]
         start = time.perf_counter()
         for seq in range(1, appends + 1):
+            record, rows = flushes[seq % len(flushes)]
             await store.append(epoch, seq, record, rows, [])
         elapsed = time.perf_counter() - start
     finally:
@@ -55,12 +87,13 @@ async def measure(
     rates = []
     for repeat in range(args.repeats):
         make = await make_fresh(repeat)
-        rates.append(await run_once(make, args.appends, args.size, args.usage))
+        rates.append(await run_once(make, args.appends, args.size, args.usage, args.flush_ops))
     return {
         "backend": name,
         "appends": args.appends,
         "record_bytes": args.size,
         "usage_rows": args.usage,
+        "flush_ops": args.flush_ops,
         "median_appends_per_s": round(statistics.median(rates)),
         "runs": [round(r) for r in rates],
     }
@@ -73,6 +106,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per backend (median reported)")
     parser.add_argument("--size", type=int, default=4096, help="record size in bytes")
     parser.add_argument("--usage", type=int, default=0, help="usage rows per append")
+    parser.add_argument("--flush-ops", type=int, default=0, metavar="N",
+                        help="instead of --size/--usage: the core's real journal records of flushes of N "
+                             "Reserves, then N Commits with N usage rows, alternating (what Batch(N) writes)")
     parser.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
     parser.add_argument("--backends", default="sqlite,redis", help="comma-separated subset")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
@@ -117,7 +153,9 @@ async def main(argv: list[str] | None = None) -> int:
             print(
                 f"{result['backend']:<34} {result['median_appends_per_s']:>8} appends/s "
                 f"(median of {len(result['runs'])}: {result['runs']}; "
-                f"{result['appends']} x {result['record_bytes']} B, {result['usage_rows']} usage rows)"
+                + (f"{result['appends']} flushes of {result['flush_ops']} ops, reserves and commits alternating)"
+                   if result["flush_ops"] else
+                   f"{result['appends']} x {result['record_bytes']} B, {result['usage_rows']} usage rows)")
             )
     return 0
 

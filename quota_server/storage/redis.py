@@ -17,7 +17,9 @@ Keys (P = ``<key_prefix>{<hash_tag>}:``):
   recovery), the server itself refuses an id that does not increase, ``XTRIM MINID`` trims
   behind a snapshot in one command, and it is stored compactly (listpacks in a radix tree).
 - ``P snapshot`` string: the latest snapshot blob (its seq is ``meta.snapshot_seq``).
-- ``P usage:<account_id>``  STREAM per account, fields at_ms and payload. Entry ids are
+- ``P usage:<account_id>``  STREAM per account; one entry per flush that recorded usage for it:
+  fields at_ms and payload (one usage record), or at_ms, n and payloads (n records, each as a
+  4-byte little-endian length then its bytes: ``base.pack_payloads``). Entry ids are
   ``<at_ms>-*`` so a time window maps to an id range; when an account's at_ms goes backwards
   (wall clock stepped back) the id keeps the highest at_ms seen (``P usage_top``) and
   ``meta.usage_lag_ms`` records by how much, which widens the upper bound of later scans.
@@ -29,6 +31,7 @@ Outages: connection errors, timeouts, a loading or read-only server, OOM and MIS
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import urllib.parse
@@ -52,7 +55,10 @@ from .base import (
     UsageRow,
     check_batch,
     check_limit,
+    pack_blob,
     pack_payloads,
+    unpack_blob,
+    unpack_payloads,
     check_recovered,
     check_ttl,
 )
@@ -65,10 +71,17 @@ after a Redis restart). It is safe because every write is idempotent or harmless
 Timeouts are not retried, so a frozen server is reported after one op_timeout_ms."""
 LOAD_PAGE_SIZE = 1_000
 SCAN_PAGE_MAX = 2_000
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""1: blobs as written. 2: journal records (field ``codec``) and the snapshot (``meta.snapshot_codec``)
+may be zlib-compressed (base.pack_blob). Opening format-1 data marks it 2, so that a server of
+format 1 refuses it from then on instead of misreading a compressed record."""
+OFFLOAD_BYTES = 64 * 1024
+"""Blobs from this size on are compressed on a worker thread, off the event loop."""
 
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
-_CURSOR = re.compile(r"(\d+)-(\d+)")
+_CURSOR = re.compile(r"(\d+)-(\d+)(?::(\d+))?")
+"""A usage cursor: the stream id of the last row's entry, and its index in the entry if the
+entry holds several rows and the page ended inside it."""
 
 _ACQUIRE = """
 -- KEYS: lease, epoch, holder   ARGV: owner, ttl_ms
@@ -106,11 +119,12 @@ return 1
 
 _APPEND = """
 -- KEYS: holder, meta, journal, events, usage_top, usage streams (one per account)...
--- ARGV: epoch, seq, record, n_chunks, n_events,
+-- ARGV: epoch, seq, record (as stored), record codec (base.pack_blob), n_chunks, n_events,
 --       n_chunks x (key index, account_id, at_ms, n rows, payloads packed by pack_payloads),
 --       n_events x (event_id, account_id, type, at_ms, payload)
--- Each usage row becomes its own entry of its account's stream; the server sends a flush's rows
--- as a few packed arguments (one per account), so its cost does not grow with the row count.
+-- A flush's usage rows of one account (one at_ms) are one entry of the account's stream: a
+-- single row as field payload, several as fields n and payloads (pack_payloads). The lengths
+-- are checked before the first write. One XADD per account per flush, not per row.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then
   return {'FENCED', epoch or ''}
@@ -131,11 +145,11 @@ end
 if seq ~= last + 1 then
   return {'GAP', last_raw}
 end
-local n_chunks = tonumber(ARGV[4])
-local n_events = tonumber(ARGV[5])
-local ev_base = 6 + 5 * n_chunks
+local n_chunks = tonumber(ARGV[5])
+local n_events = tonumber(ARGV[6])
+local ev_base = 7 + 5 * n_chunks
 for i = 0, n_chunks - 1 do
-  local b = 6 + 5 * i
+  local b = 7 + 5 * i
   local n, blob = tonumber(ARGV[b + 3]), ARGV[b + 4]
   if n > 1 then
     local pos = 1
@@ -158,11 +172,15 @@ if n_events > 0 then
   end
 end
 -- Every check passed; nothing below can fail, so the script never applies half a batch.
-redis.call('XADD', KEYS[3], ARGV[2] .. '-0', 'record', ARGV[3])
+if ARGV[4] == '0' then
+  redis.call('XADD', KEYS[3], ARGV[2] .. '-0', 'record', ARGV[3])
+else
+  redis.call('XADD', KEYS[3], ARGV[2] .. '-0', 'record', ARGV[3], 'codec', ARGV[4])
+end
 local top_raw, top, acct = {}, {}, {}
 local lag = 0
 for i = 0, n_chunks - 1 do
-  local b = 6 + 5 * i
+  local b = 7 + 5 * i
   local k = tonumber(ARGV[b])
   if top[k] == nil then
     acct[k] = ARGV[b + 1]
@@ -188,17 +206,11 @@ for i = 0, n_chunks - 1 do
   elseif top[k] - at > lag then
     lag = top[k] - at
   end
-  local n, blob = tonumber(ARGV[b + 3]), ARGV[b + 4]
-  if n == 1 then
-    redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', blob)
+  if ARGV[b + 3] == '1' then
+    redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', ARGV[b + 4])
   else
-    local pos = 1
-    for r = 1, n do
-      local size, nxt = struct.unpack('<I4', blob, pos)
-      redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload',
-                 string.sub(blob, nxt, nxt + size - 1))
-      pos = nxt + size
-    end
+    redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'n', ARGV[b + 3],
+               'payloads', ARGV[b + 4])
   end
 end
 for k, raw in pairs(top_raw) do
@@ -220,7 +232,7 @@ return {'OK'}
 """
 
 _SNAPSHOT = """
--- KEYS: holder, meta, snapshot, journal   ARGV: epoch, seq, blob
+-- KEYS: holder, meta, snapshot, journal   ARGV: epoch, seq, blob (as stored), codec
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then
   return {'FENCED', epoch or ''}
@@ -232,11 +244,24 @@ if seq < tonumber(snap_raw) or seq > tonumber(last_raw) then
   return {'RANGE', snap_raw, last_raw}
 end
 redis.call('SET', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[2], 'snapshot_seq', ARGV[2])
+redis.call('HSET', KEYS[2], 'snapshot_seq', ARGV[2], 'snapshot_codec', ARGV[4])
 -- MINID drops every id below <seq>-1, i.e. every record up to and including seq.
 redis.call('XTRIM', KEYS[4], 'MINID', ARGV[2] .. '-1')
 return {'OK'}
 """
+
+
+async def _pack(data: bytes) -> tuple[bytes, int]:
+    """pack_blob, on a worker thread for a large blob (it would hold the event loop up)."""
+    if len(data) >= OFFLOAD_BYTES:
+        return await asyncio.to_thread(pack_blob, data)
+    return pack_blob(data)
+
+
+async def _unpack(data: bytes, codec: int, what: str) -> bytes:
+    if codec and len(data) >= OFFLOAD_BYTES // 8:
+        return await asyncio.to_thread(unpack_blob, data, codec, what)
+    return unpack_blob(data, codec, what)
 
 
 class _Script:
@@ -374,6 +399,8 @@ class RedisStorage(Storage):
                     f"redis {self.where}: data format {fmt} is newer than this build's "
                     f"{FORMAT_VERSION} (refusing to touch it)"
                 )
+            if fmt < FORMAT_VERSION:
+                await self._call("hset", client.hset(self.k_meta, "format", FORMAT_VERSION))
         except BaseException:
             await client.aclose()
             raise
@@ -410,9 +437,11 @@ class RedisStorage(Storage):
     async def load(self) -> Recovered:
         client = self.client
         async with client.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.k_meta, ["snapshot_seq", "last_seq"])
+            pipe.hmget(self.k_meta, ["snapshot_seq", "last_seq", "snapshot_codec"])
             pipe.get(self.k_snapshot)
-            (snapshot_seq_raw, last_seq_raw), snapshot = await self._call("load", pipe.execute())
+            (snapshot_seq_raw, last_seq_raw, snapshot_codec), snapshot = await self._call("load", pipe.execute())
+        if snapshot is not None:
+            snapshot = await _unpack(snapshot, int(snapshot_codec or 0), "snapshot")
         snapshot_seq = int(snapshot_seq_raw or 0)
         last_seq = int(last_seq_raw or 0)
         records: list[tuple[int, bytes]] = []
@@ -423,7 +452,9 @@ class RedisStorage(Storage):
                 client.xrange(self.k_journal, start, f"{last_seq}-0", count=LOAD_PAGE_SIZE),
             )
             for entry_id, fields in page:
-                records.append((_stream_ms(entry_id), fields[b"record"]))
+                seq = _stream_ms(entry_id)
+                records.append((seq, unpack_blob(fields[b"record"], int(fields.get(b"codec", 0)),
+                                                 f"journal record {seq}")))
             if len(page) < LOAD_PAGE_SIZE:
                 break
             start = b"(" + page[-1][0]
@@ -440,9 +471,10 @@ class RedisStorage(Storage):
         events: list[EventRow],
     ) -> None:
         chunks = check_batch(seq, usage, events)
+        stored, codec = await _pack(record)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
-        args: list[Any] = [epoch, seq, record, len(chunks), len(events)]
+        args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
         for account_id, at_ms, payloads in chunks:
             index = key_index.get(account_id)
             if index is None:
@@ -461,6 +493,8 @@ class RedisStorage(Storage):
         if status == b"TRIMMED":
             raise SequenceError(f"seq {seq} is already covered by a snapshot (last seq {detail})")
         if status == b"CONFLICT":
+            if await self._stored_record(seq) == record:
+                return  # the same record, compressed differently (another zlib build): a retry
             raise SequenceError(f"seq {seq} already holds a different record")
         if status == b"GAP":
             raise SequenceError(f"seq {seq} does not follow last seq {detail}")
@@ -470,13 +504,21 @@ class RedisStorage(Storage):
             raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
         raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")
 
+    async def _stored_record(self, seq: int) -> bytes | None:
+        page = await self._call("read record", self.client.xrange(self.k_journal, f"{seq}-0", f"{seq}-0"))
+        if not page:
+            return None
+        fields = page[0][1]
+        return unpack_blob(fields[b"record"], int(fields.get(b"codec", 0)), f"journal record {seq}")
+
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
         if seq < 0:
             raise ValueError(f"seq must be >= 0, got {seq}")
+        stored, codec = await _pack(blob)
         reply = await self._eval(
             _SCRIPTS["snapshot"],
             [self.k_holder, self.k_meta, self.k_snapshot, self.k_journal],
-            [epoch, seq, blob],
+            [epoch, seq, stored, codec],
         )
         status = reply[0]
         if status == b"OK":
@@ -505,32 +547,47 @@ class RedisStorage(Storage):
         # An entry's id time is >= its at_ms, so from_ms is a valid lower id bound.
         start_id = (max(from_ms, 0), 0)
         start = f"{start_id[0]}-0"
+        resume: tuple[bytes, int] | None = None  # (entry id, rows of it already returned)
         if after is not None:
             match = _CURSOR.fullmatch(after)
             if match is None:
                 raise InvalidCursor(f"not a usage cursor of this store: {after!r}")
             if (int(match[1]), int(match[2])) >= start_id:
-                start = "(" + after
+                entry = f"{match[1]}-{match[2]}"
+                if match[3] is None:
+                    start = "(" + entry
+                else:
+                    start = entry
+                    resume = (entry.encode(), int(match[3]) + 1)
         end = "+"
         if to_ms:
             lag_ms = int(await self._call("hget", client.hget(self.k_meta, "usage_lag_ms")) or 0)
             end = f"({to_ms + lag_ms}-0"
         key = self.usage_key(account_id)
         count = min(max(limit + 1, 128), SCAN_PAGE_MAX)
-        found: list[tuple[bytes, UsageRow]] = []
+        found: list[tuple[str, UsageRow]] = []  # (cursor after this row, row)
         while len(found) <= limit:
             page = await self._call("list usage", client.xrange(key, start, end, count=count))
             for entry_id, fields in page:
                 at_ms = int(fields[b"at_ms"])
-                if at_ms >= from_ms and (not to_ms or at_ms < to_ms):
-                    found.append((entry_id, UsageRow(account_id, at_ms, fields[b"payload"])))
+                if not (at_ms >= from_ms and (not to_ms or at_ms < to_ms)):
+                    continue
+                if b"payloads" not in fields:
+                    found.append((entry_id.decode(), UsageRow(account_id, at_ms, fields[b"payload"])))
+                    continue
+                payloads = unpack_payloads(fields[b"payloads"], int(fields[b"n"]))
+                first = resume[1] if resume is not None and resume[0] == entry_id else 0
+                name = entry_id.decode()
+                for index in range(first, len(payloads)):
+                    cursor = name if index == len(payloads) - 1 else f"{name}:{index}"
+                    found.append((cursor, UsageRow(account_id, at_ms, payloads[index])))
             if len(page) < count:
                 break
             start = b"(" + page[-1][0]
         rows = [row for _, row in found[:limit]]
         if len(found) <= limit:
             return rows, None
-        return rows, found[limit - 1][0].decode()
+        return rows, found[limit - 1][0]
 
     async def read_events(
         self, after_event_id: int, limit: int, account_id: str | None = None

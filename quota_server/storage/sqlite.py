@@ -27,7 +27,6 @@ import os
 import re
 import sqlite3
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,7 +45,11 @@ from .base import (
     check_limit,
     check_recovered,
     check_ttl,
+    CODEC_RAW,
+    CODEC_ZLIB,
+    pack_blob,
     pack_payloads,
+    unpack_blob,
     unpack_payloads,
 )
 
@@ -66,32 +69,6 @@ SCHEMA_VERSION = 2
 flush holding all of its records (``base.group_usage``), and blobs zlib-compressed (``codec``);
 a version-1 file is migrated at open."""
 
-CODEC_RAW, CODEC_ZLIB = 0, 1
-COMPRESS_MIN_BYTES = 1_024
-"""Blobs from this size on are stored zlib-compressed (level 1), on the worker thread (zlib
-releases the GIL). Journal records and usage chunks of large flushes shrink about 10x and 50x:
-what costs most on a busy server is the disk's bandwidth (every byte is written to the WAL,
-fsynced, then copied into the database by a checkpoint), not the CPU that compression takes."""
-COMPRESS_LEVEL = 1
-
-
-def _pack_blob(data: bytes) -> tuple[bytes, int]:
-    if len(data) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(data, COMPRESS_LEVEL)
-        if len(packed) < len(data):
-            return packed, CODEC_ZLIB
-    return data, CODEC_RAW
-
-
-def _unpack_blob(data: bytes, codec: int, what: str) -> bytes:
-    if codec == CODEC_RAW:
-        return bytes(data)
-    if codec == CODEC_ZLIB:
-        try:
-            return zlib.decompress(data)
-        except zlib.error as exc:
-            raise StorageError(f"sqlite: damaged {what}: {exc}") from None
-    raise StorageError(f"sqlite: {what} has unknown codec {codec} (written by a newer server?)")
 BUSY_TIMEOUT_MS_DEFAULT = 5_000
 
 _SCHEMA = """
@@ -108,7 +85,7 @@ INSERT OR IGNORE INTO meta (id, owner, epoch, expires_at_ms, last_seq, last_even
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
     record BLOB NOT NULL,
-    codec INTEGER NOT NULL DEFAULT 0       -- 0: as written, 1: zlib (see _pack_blob)
+    codec INTEGER NOT NULL DEFAULT 0       -- 0: as written, 1: zlib (base.pack_blob)
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -442,8 +419,8 @@ class SqliteStorage(Storage):
 
     def _append_sync(self, epoch: int, seq: int, record: bytes, chunks: list, events: list[EventRow]) -> None:
         # Compressed before the transaction, so the write lock is held only for the writes.
-        stored = _pack_blob(record)
-        rows = [(account_id, at_ms, len(payloads)) + _pack_blob(pack_payloads(payloads))
+        stored = pack_blob(record)
+        rows = [(account_id, at_ms, len(payloads)) + pack_blob(pack_payloads(payloads))
                 for account_id, at_ms, payloads in chunks]
         written = self._write_txn(functools.partial(_append, epoch, seq, record, stored, rows, events))
         self._after_write(written)
@@ -454,7 +431,7 @@ class SqliteStorage(Storage):
         await self._run(self._snapshot_sync, epoch, seq, bytes(blob))
 
     def _snapshot_sync(self, epoch: int, seq: int, blob: bytes) -> None:
-        stored, codec = _pack_blob(blob)
+        stored, codec = pack_blob(blob)
         self._write_txn(functools.partial(_write_snapshot, epoch, seq, stored, codec))
         self._after_write(len(stored))
 
@@ -528,7 +505,7 @@ def _append(
         row = conn.execute("SELECT record, codec FROM journal WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise SequenceError(f"seq {seq} is already covered by a snapshot (last seq {last_seq})")
-        if _unpack_blob(row[0], row[1], f"journal record {seq}") == record:
+        if unpack_blob(row[0], row[1], f"journal record {seq}") == record:
             return 0  # the retry of an append that had landed: nothing to do
         raise SequenceError(f"seq {seq} already holds a different record")
     if seq != last_seq + 1:
@@ -581,7 +558,7 @@ def _list_usage(
             first = n if start[2] < 0 else start[2] + 1
         if first >= n:
             continue
-        payloads = unpack_payloads(_unpack_blob(blob, codec, f"usage chunk {chunk_id}"), n)
+        payloads = unpack_payloads(unpack_blob(blob, codec, f"usage chunk {chunk_id}"), n)
         for index, payload in enumerate(payloads[first:], first):
             if len(page) == limit:
                 return page, f"{last[0]}:{last[1]}:{last[2]}"
@@ -621,9 +598,9 @@ def _write_snapshot(epoch: int, seq: int, blob: bytes, codec: int, conn: sqlite3
 
 def _load(conn: sqlite3.Connection) -> Recovered:
     row = conn.execute("SELECT seq, blob, codec FROM snapshot WHERE id = 1").fetchone()
-    snapshot, snapshot_seq = (_unpack_blob(row[1], row[2], "snapshot"), row[0]) if row else (None, 0)
+    snapshot, snapshot_seq = (unpack_blob(row[1], row[2], "snapshot"), row[0]) if row else (None, 0)
     records = [
-        (seq, _unpack_blob(record, codec, f"journal record {seq}"))
+        (seq, unpack_blob(record, codec, f"journal record {seq}"))
         for seq, record, codec in conn.execute(
             "SELECT seq, record, codec FROM journal WHERE seq > ? ORDER BY seq", (snapshot_seq,)
         )

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 import _fastledger
 from _fastledger import codes as C
+from quota_server.storage.base import unpack_payloads
 from quota_server.storage.redis import RedisStorage
 
 from .workload import ACCOUNTS, CHARGE, Book
@@ -30,7 +31,7 @@ class Persisted:
     snapshot_seq: int
     last_seq: int
     records: int
-    usage: dict[str, list[str]]  # account -> ids of its usage stream entries, in stream order
+    usage: dict[str, list[str]]  # account -> ids of its usage records in its stream, in stream order
 
 
 async def persisted(url: str) -> Persisted:
@@ -56,9 +57,12 @@ async def persisted(url: str) -> Persisted:
         for account in ACCOUNTS:
             entries = await client.xrange(storage.usage_key(account), "-", "+")
             usage[account] = []
-            for _, fields in entries:
-                payload = json.loads(fields[b"payload"])
-                usage[account].append(payload["charge_id"] or payload["reservation_id"])
+            for _, fields in entries:  # one record (payload) or several (n, payloads) per entry
+                payloads = ([fields[b"payload"]] if b"payload" in fields
+                            else unpack_payloads(fields[b"payloads"], int(fields[b"n"])))
+                for raw in payloads:
+                    payload = json.loads(raw)
+                    usage[account].append(payload["charge_id"] or payload["reservation_id"])
         return Persisted(ledger, recovered.snapshot_seq, recovered.last_seq, len(recovered.records), usage)
     finally:
         await storage.close()

@@ -201,11 +201,42 @@ async def test_append_script_refuses_a_damaged_usage_chunk_before_writing(opened
     epoch = await store.acquire_lease("a", TTL_MS * 10)
     keys = [store.k_holder, store.k_meta, store.k_journal, store.k_events, store.k_usage_top, store.usage_key("x")]
     damaged = (3).to_bytes(4, "little") + b"abc" + (9).to_bytes(4, "little") + b"short"
-    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 1, 0, 6, "x", T0, 2, damaged])
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, damaged])
     assert reply[0] == b"BADCHUNK"
     assert await store.load() == Recovered(None, 0, [])
     assert await store.list_usage("x", 0, 0, 10, None) == ([], None)
     good = (3).to_bytes(4, "little") + b"abc" + (5).to_bytes(4, "little") + b"short"
-    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 1, 0, 6, "x", T0, 2, good])
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, good])
     assert reply[0] == b"OK"
     assert [r.payload for r in (await store.list_usage("x", 0, 0, 10, None))[0]] == [b"abc", b"short"]
+
+
+async def test_format_1_data_is_read_and_marked_format_2(opened) -> None:
+    """Data written before compression (format 1: records and snapshot as they are, no codec)
+    loads unchanged; opening it marks the data format 2, so an older server refuses it from
+    then on rather than misread a compressed record."""
+    store = await opened()
+    client = store.client
+    await client.hset(store.k_meta, mapping={"format": 1, "snapshot_seq": 1, "last_seq": 2})
+    await client.set(store.k_snapshot, b"old snapshot " * 200)
+    await client.xadd(store.k_journal, {"record": b"old record " * 200}, id="2-0")
+    again = await opened()
+    assert int(await client.hget(store.k_meta, "format")) == 2
+    assert await again.load() == Recovered(b"old snapshot " * 200, 1, [(2, b"old record " * 200)])
+
+
+async def test_big_records_and_snapshots_are_stored_compressed(opened) -> None:
+    """A journal record or snapshot from COMPRESS_MIN_BYTES on is stored zlib-compressed with
+    its codec beside it (what outside readers of the journal stream need to decode it)."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", TTL_MS * 10)
+    record = b"journal record " * 10_000
+    await store.append(epoch, 1, record, [], [])
+    await store.append(epoch, 2, b"small", [], [])
+    (_, first), (_, second) = await store.client.xrange(store.k_journal)
+    assert first[b"codec"] == b"1" and len(first[b"record"]) < len(record) // 10
+    assert b"codec" not in second and second[b"record"] == b"small"
+    await store.write_snapshot(epoch, 2, record * 10)
+    assert int(await store.client.hget(store.k_meta, "snapshot_codec")) == 1
+    assert len(await store.client.get(store.k_snapshot)) < len(record)
+    assert await store.load() == Recovered(record * 10, 2, [])
