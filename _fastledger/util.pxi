@@ -67,29 +67,36 @@ cdef extern from *:
 
     /* Checksum of a journal record: four interleaved Fletcher-style lanes over little-endian
        64-bit words (the last 32-byte block zero-padded), then mixed; position-dependent, it
-       catches truncation and flipped bits. The lanes are a vector so the compiler can use SIMD. */
-    typedef uint64_t fl_v4 __attribute__((vector_size(32)));
+       catches truncation and flipped bits. The lanes are two 2-lane vectors (SSE2 registers
+       on x86-64) so the loop keeps its state in registers instead of spilling it. */
+    typedef uint64_t fl_v2 __attribute__((vector_size(16)));
+    static inline void fl_ck_block(const char *p, fl_v2 *a0, fl_v2 *a1, fl_v2 *b0, fl_v2 *b1) {
+        fl_v2 w0, w1;
+        memcpy(&w0, p, 16);
+        memcpy(&w1, p + 16, 16);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w0[0] = __builtin_bswap64(w0[0]); w0[1] = __builtin_bswap64(w0[1]);
+        w1[0] = __builtin_bswap64(w1[0]); w1[1] = __builtin_bswap64(w1[1]);
+    #endif
+        *a0 += w0; *a1 += w1; *b0 += *a0; *b1 += *a1;
+    }
     static uint64_t fl_checksum(const char *p, size_t n) {
-        fl_v4 a = {0x243F6A8885A308D3ULL, 0x13198A2E03707344ULL, 0xA4093822299F31D0ULL,
-                   0x082EFA98EC4E6C89ULL};
-        fl_v4 b = {(uint64_t)n, 0, 0, 0};
-        fl_v4 w;
+        fl_v2 a0 = {0x243F6A8885A308D3ULL, 0x13198A2E03707344ULL};
+        fl_v2 a1 = {0xA4093822299F31D0ULL, 0x082EFA98EC4E6C89ULL};
+        fl_v2 b0 = {(uint64_t)n, 0}, b1 = {0, 0};
+        char last[32];
         size_t len = n;
+        uint64_t a[4], b[4];
         int k;
         while (n >= 32) {
-            memcpy(&w, p, 32);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-            for (k = 0; k < 4; k++) w[k] = __builtin_bswap64(w[k]);
-    #endif
-            a += w; b += a;
+            fl_ck_block(p, &a0, &a1, &b0, &b1);
             p += 32; n -= 32;
         }
-        memset(&w, 0, 32);
-        memcpy(&w, p, n);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (k = 0; k < 4; k++) w[k] = __builtin_bswap64(w[k]);
-    #endif
-        a += w; b += a;
+        memset(last, 0, 32);
+        memcpy(last, p, n);
+        fl_ck_block(last, &a0, &a1, &b0, &b1);
+        a[0] = a0[0]; a[1] = a0[1]; a[2] = a1[0]; a[3] = a1[1];
+        b[0] = b0[0]; b[1] = b0[1]; b[2] = b1[0]; b[3] = b1[1];
         uint64_t h = (uint64_t)len;
         for (k = 0; k < 4; k++) {
             h ^= a[k] + (b[k] * 0x9E3779B97F4A7C15ULL);
