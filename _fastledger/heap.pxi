@@ -4,7 +4,11 @@
 # index of a settled hold or an idempotency record), so an extend moves its entry and a purge
 # removes it; they never hold stale entries. HQ_LOTS is lazy: entries own a reference to the
 # Account and are checked when popped, exactly like the reference model's lot queue.
-
+#
+# Keys (t, seq) are unique within a queue (seq is ledger-wide), so the order in which entries
+# leave does not depend on the heap's shape, so the sift strategy is a free choice. The sifts are
+# written once with the kind as a parameter and called with a constant kind, so the compiler
+# specializes each queue's position bookkeeping (see heap_sift_up / heap_sift_down).
 
 
 cdef inline int32_t* rec_pidx(Rec* r) noexcept nogil:
@@ -13,12 +17,8 @@ cdef inline int32_t* rec_pidx(Rec* r) noexcept nogil:
     return &(<Idem*>r).pidx
 
 
-cdef inline void heap_place(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
-    heap_place_k(h.a, h.kind, i, e)
-
-
 cdef inline void heap_place_k(HEnt* a, int kind, Py_ssize_t i, HEnt e) noexcept nogil:
-    """heap_place with the array and kind already loaded (the sift loops hoist them)."""
+    """a[i] = e, and tell the record its new position."""
     a[i] = e
     if kind == HQ_HOLDS:
         (<Hold*>e.p).hidx = <int32_t>i
@@ -30,13 +30,15 @@ cdef inline bint hent_lt(HEnt* a, HEnt* b) noexcept nogil:
     return a.t < b.t or (a.t == b.t and a.seq < b.seq)
 
 
-cdef void heap_sift_up(Heap* h, Py_ssize_t i) noexcept nogil:
-    cdef HEnt* a = h.a
-    cdef int kind = h.kind
-    cdef HEnt e = a[i]
+cdef inline Py_ssize_t hparent(Py_ssize_t i) noexcept nogil:
+    return (i - 1) >> 1
+
+
+cdef inline void sift_up_k(HEnt* a, int kind, Py_ssize_t i, Py_ssize_t top, HEnt e) noexcept nogil:
+    """Put e into the hole at i, moving it up while it is below its parent, never above top."""
     cdef Py_ssize_t parent
-    while i > 0:
-        parent = (i - 1) >> 1
+    while i > top:
+        parent = hparent(i)
         if not hent_lt(&e, &a[parent]):
             break
         heap_place_k(a, kind, i, a[parent])
@@ -44,23 +46,50 @@ cdef void heap_sift_up(Heap* h, Py_ssize_t i) noexcept nogil:
     heap_place_k(a, kind, i, e)
 
 
-cdef void heap_sift_down(Heap* h, Py_ssize_t i) noexcept nogil:
-    cdef HEnt* a = h.a
-    cdef int kind = h.kind
-    cdef HEnt e = a[i]
+cdef inline void sift_down_k(HEnt* a, int kind, Py_ssize_t i, Py_ssize_t n, HEnt e) noexcept nogil:
+    """Put e into the hole at i, where e is not below i's parent. Bottom-up (Floyd): walk the
+    hole down along the smallest children to a leaf, then sift e up from there, never above
+    i: one comparison per level on the way down instead of two, and e
+    (usually the array's last entry) mostly belongs near the bottom anyway."""
+    cdef Py_ssize_t top = i
     cdef Py_ssize_t child
-    cdef Py_ssize_t n = h.n
     while True:
         child = 2 * i + 1
         if child >= n:
             break
         if child + 1 < n and hent_lt(&a[child + 1], &a[child]):
             child += 1
-        if not hent_lt(&a[child], &e):
-            break
         heap_place_k(a, kind, i, a[child])
         i = child
-    heap_place_k(a, kind, i, e)
+    sift_up_k(a, kind, i, top, e)
+
+
+cdef void heap_sift_up(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
+    """Put e into the hole at i and restore the heap upwards."""
+    if h.kind == HQ_HOLDS:
+        sift_up_k(h.a, HQ_HOLDS, i, 0, e)
+    elif h.kind == HQ_PURGE:
+        sift_up_k(h.a, HQ_PURGE, i, 0, e)
+    else:
+        sift_up_k(h.a, HQ_LOTS, i, 0, e)
+
+
+cdef void heap_sift_down(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
+    """Put e into the hole at i (e not below i's parent) and restore the heap downwards."""
+    if h.kind == HQ_HOLDS:
+        sift_down_k(h.a, HQ_HOLDS, i, h.n, e)
+    elif h.kind == HQ_PURGE:
+        sift_down_k(h.a, HQ_PURGE, i, h.n, e)
+    else:
+        sift_down_k(h.a, HQ_LOTS, i, h.n, e)
+
+
+cdef inline void heap_move(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
+    """Put e into the hole at i, sifting whichever way it belongs."""
+    if i > 0 and hent_lt(&e, &h.a[hparent(i)]):
+        heap_sift_up(h, i, e)
+    else:
+        heap_sift_down(h, i, e)
 
 
 cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
@@ -80,8 +109,7 @@ cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
     e.seq = seq
     e.p = p
     h.n += 1
-    heap_place(h, h.n - 1, e)
-    heap_sift_up(h, h.n - 1)
+    heap_sift_up(h, h.n - 1, e)
     return 0
 
 
@@ -93,21 +121,14 @@ cdef void heap_remove_at(Heap* h, Py_ssize_t i) noexcept:
     elif h.kind == HQ_PURGE:
         rec_pidx(<Rec*>e.p)[0] = -1
     h.n -= 1
-    if i == h.n:
-        return
-    heap_place(h, i, h.a[h.n])
-    if i > 0 and hent_lt(&h.a[i], &h.a[(i - 1) >> 1]):
-        heap_sift_up(h, i)
-    else:
-        heap_sift_down(h, i)
+    if i < h.n:
+        heap_move(h, i, h.a[h.n])
 
 
 cdef void heap_update_at(Heap* h, Py_ssize_t i, int64_t t) noexcept:
-    h.a[i].t = t
-    if i > 0 and hent_lt(&h.a[i], &h.a[(i - 1) >> 1]):
-        heap_sift_up(h, i)
-    else:
-        heap_sift_down(h, i)
+    cdef HEnt e = h.a[i]
+    e.t = t
+    heap_move(h, i, e)
 
 
 cdef void heap_clear(Heap* h) noexcept:
