@@ -16,7 +16,6 @@ from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE
 
 cdef extern from "Python.h":
-    int PyObject_GC_IsTracked(object o)
     void PyObject_GC_UnTrack(object o)
 
 include "util.pxi"
@@ -107,9 +106,9 @@ cdef class Ledger:
             r = apply_one(self, <object>items[i], now)
             if self.replayed:
                 self.replayed_at.append(i)
-            # Results hold only ints, bools and strs: keep them out of the GC's young generation.
-            if PyObject_GC_IsTracked(r):
-                PyObject_GC_UnTrack(r)
+            # Results are tuples of ints, bools and strs: keep them out of the GC's young
+            # generation (PyObject_GC_UnTrack does nothing to an untracked object).
+            PyObject_GC_UnTrack(r)
             Py_INCREF(r)
             PyList_SET_ITEM(results, i, r)
         if QUOTA_DEBUG:

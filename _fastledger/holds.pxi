@@ -89,6 +89,15 @@ cdef int decide(Account a, int64_t amount, bint feature, BSpec* specs, int nb, i
     return DECISION_INSUFFICIENT_CREDITS
 
 
+cdef inline object expires_int(Ledger L, int64_t t):
+    """expires_ns of a reserve result as an int. A batch's reserves share `now` and mostly their
+    ttl, so the int made for the last one is reused when the value is the same."""
+    if L.exp_obj is None or t != L.exp_val:
+        L.exp_obj = t
+        L.exp_val = t
+    return L.exp_obj
+
+
 cdef inline tuple reserve_result(Hold* h):
     if h.aux != NULL and h.aux.has_orig:
         return (OK, DECISION_OK, h.aux.amount0, h.avail0, h.aux.expires0, 0, EMPTY)
@@ -167,7 +176,7 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     heap_push(&L.holds_q, h.expires_ns, seq, h)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (O_OK, O_DEC_OK, held, avail, h.expires_ns, 0, EMPTY)
+    return (O_OK, O_DEC_OK, held, avail, expires_int(L, h.expires_ns), 0, EMPTY)
 
 
 cdef int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
