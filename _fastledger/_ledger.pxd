@@ -140,7 +140,8 @@ cdef class Account:
     cdef uint8_t unlimited
     cdef uint8_t dirty          # D_CORE / D_BUCKETS: queued for the journal
     cdef uint8_t flags          # AF_OVER: debt + overdraft held above credit_limit (see ceilings)
-    cdef uint32_t ahash         # hash of aid's bytes (rec_hash's account part; aid never changes)
+    cdef uint32_t ahash         # hash of aid's bytes (rec_hash's account part and the account
+                                # index's slot; aid never changes)
 
 
 cdef class Bucket:
@@ -155,6 +156,7 @@ cdef class Ledger:
     cdef Buf jbuf               # the journal's write buffer (writes straight into the record)
     cdef Py_ssize_t jhint       # size of the last journal record (first allocation guess)
     cdef dict accounts
+    cdef Table accts            # index of `accounts` by the ids' bytes (see table.pxi)
     cdef readonly int64_t retention_ns
     cdef int64_t seq
     cdef int64_t seq_journaled

@@ -55,6 +55,7 @@ cdef class Ledger:
         self.accounts = {}
         self.ceilings = {}
         table_init(&self.recs, 1024)
+        table_init(&self.accts, 64)
         self.holds_q.kind = HQ_HOLDS
         self.lots_q.kind = HQ_LOTS
         self.purge_q.kind = HQ_PURGE
@@ -78,6 +79,7 @@ cdef class Ledger:
                 if self.recs.slots[i] != 0:
                     rec_free(slot_rec(self.recs.slots[i]))
             PyMem_Free(self.recs.slots)
+        PyMem_Free(self.accts.slots)
         heap_clear(&self.holds_q)
         heap_clear(&self.lots_q)
         heap_clear(&self.purge_q)

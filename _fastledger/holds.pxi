@@ -9,9 +9,10 @@ cdef inline Account touch(Ledger L, object aid, int64_t now, int* st):
     """Look an account up and let time pass for its lots; None with `st` set on failure."""
     cdef PyObject* p = NULL
     cdef Account a
-    # Only valid ids are keys: an exact str found among them needs no character check.
-    if PyUnicode_CheckExact(aid):
-        p = PyDict_GetItemWithError(L.accounts, aid)
+    # Only valid ids are keys: an exact str found among them needs no character check. A miss
+    # may still be an account whose id is a str subclass (not indexed): ask the dict.
+    if PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid):
+        p = acct_find(&L.accts, aid)
     if p == NULL:
         if not valid_id(aid):
             st[0] = INVALID_ID

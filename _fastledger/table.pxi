@@ -190,3 +190,69 @@ cdef int rec_kill(Ledger L, Rec* r) except -1:
     r.flags |= RF_DEAD
     mark_rec(L, r)
     return 0
+
+
+# ---------------------------------------------------------------- the account index
+#
+# Accounts by id, besides the `accounts` dict: the same open addressing, keyed by the fl_hash of
+# the id's bytes (the hash new_account caches in Account.ahash), so the hot path never calls the
+# dict's generic lookup (nor hashes a fresh str with siphash). Slots hold a borrowed Account
+# pointer (the dict owns it) with the hash's top 16 bits. Accounts are never removed or replaced,
+# so entries never go stale. Only exact-str ids are indexed: a str subclass may compare and hash
+# its own way, and only the dict can look that up.
+
+cdef inline uint64_t acct_key_hash(const char* p, Py_ssize_t n) noexcept:
+    return fl_hash(p, <size_t>n, 0x51ed27)
+
+
+cdef inline Account acct_slot(uint64_t s):
+    return <Account><PyObject*>(s & PTR_MASK)
+
+
+cdef inline PyObject* acct_find(Table* t, object aid) noexcept:
+    """The indexed account of an exact, ASCII str id (borrowed), or NULL."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(aid)
+    cdef const char* p = id_data(aid)
+    cdef uint64_t h = acct_key_hash(p, n)
+    cdef size_t i = h & t.mask
+    cdef uint64_t tag = h >> 48
+    cdef uint64_t s
+    cdef PyObject* a
+    cdef object other
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            return NULL
+        if (s >> 48) == tag:
+            a = <PyObject*>(s & PTR_MASK)
+            other = (<Account>a).aid
+            if other is aid or (PyUnicode_GET_LENGTH(other) == n and memcmp(id_data(other), p, n) == 0):
+                return a
+        i = (i + 1) & t.mask
+
+
+cdef int acct_index_add(Table* t, Account a, uint64_t h) except -1:
+    """Index a new account whose id (an exact str) hashes to h."""
+    cdef uint64_t* old
+    cdef size_t old_cap, i, j, n
+    if (<uint64_t><PyObject*>a) & ~PTR_MASK:
+        raise SystemError("an account address does not fit in 48 bits")
+    if (t.n + 1) * 2 > t.mask + 1:
+        old = t.slots
+        old_cap = t.mask + 1
+        n = t.n
+        table_init(t, old_cap * 2)
+        for i in range(old_cap):
+            if old[i] != 0:
+                j = acct_slot(old[i]).ahash & t.mask
+                while t.slots[j] != 0:
+                    j = (j + 1) & t.mask
+                t.slots[j] = old[i]
+        t.n = n
+        PyMem_Free(old)
+    i = h & t.mask
+    while t.slots[i] != 0:
+        i = (i + 1) & t.mask
+    t.slots[i] = (<uint64_t><PyObject*>a) | ((h >> 48) << 48)
+    t.n += 1
+    return 0

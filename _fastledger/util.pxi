@@ -28,7 +28,21 @@ cdef extern from *:
             s += 8; n -= 8;
         }
         if (n) {
-            uint64_t w = 0; memcpy(&w, s, n);
+            /* The last 1..7 bytes as a zero-extended little-endian word, read without a
+               variable-length memcpy (a library call): two overlapping 4-byte loads, or up
+               to three single bytes. */
+            uint64_t w;
+            if (n >= 4) {
+                uint32_t lo, hi;
+                memcpy(&lo, s, 4); memcpy(&hi, s + n - 4, 4);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                lo = __builtin_bswap32(lo); hi = __builtin_bswap32(hi);
+    #endif
+                w = (uint64_t)lo | ((uint64_t)hi << (8 * (n - 4)));
+            } else {
+                w = (uint64_t)(unsigned char)s[0] | ((uint64_t)(unsigned char)s[n >> 1] << (8 * (n >> 1)))
+                    | ((uint64_t)(unsigned char)s[n - 1] << (8 * (n - 1)));
+            }
             h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL; h ^= h >> 31;
         }
         h *= 0x9E3779B97F4A7C15ULL;
@@ -107,7 +121,7 @@ cdef extern from *:
 
     /* A Python int (the caller checked PyLong_Check) as int64: 1 if it fits, else 0.
        Small values skip the generic conversion. */
-    static inline int fl_as_i64(PyObject *o, int64_t *out) {
+    static inline __attribute__((always_inline)) int fl_as_i64(PyObject *o, int64_t *out) {
     #if PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
         Py_ssize_t size = Py_SIZE(o);
         const digit *d = ((PyLongObject *)o)->ob_digit;
@@ -126,6 +140,17 @@ cdef extern from *:
         *out = (int64_t)v;
         return 1;
     }
+
+    /* get_i64 / get_range (see below), in C so that they are always inlined: the op parsers
+       call them a dozen times per op and the compiler's size heuristics do not always agree. */
+    static inline __attribute__((always_inline)) int fl_get_i64(PyObject *o, int64_t *out) {
+        if (!PyLong_Check(o) || PyBool_Check(o)) return 0;
+        return fl_as_i64(o, out);
+    }
+    static inline __attribute__((always_inline)) int fl_get_range(PyObject *o, int64_t lo, int64_t hi,
+                                                                  int64_t *out) {
+        return fl_get_i64(o, out) && lo <= *out && *out <= hi;
+    }
     """
     bint QUOTA_DEBUG
     bint fl_add(int64_t a, int64_t b, int64_t* r) noexcept nogil
@@ -138,6 +163,10 @@ cdef extern from *:
     int32_t fl_get32(const char* p) noexcept nogil
     uint64_t fl_checksum(const char* p, size_t n) noexcept nogil
     bint fl_as_i64(object o, int64_t* out) noexcept
+    # A non-bool int that fits int64 (the model's `_is_int` plus the int64 range) ...
+    bint get_i64 "fl_get_i64"(object o, int64_t* out) noexcept
+    # ... and inside [lo, hi].
+    bint get_range "fl_get_range"(object o, int64_t lo, int64_t hi, int64_t* out) noexcept
 
 cdef extern from "Python.h":
     bint PyUnicode_Check(object o)
@@ -335,17 +364,6 @@ cdef inline bint valid_id_bytes(const char* p, Py_ssize_t n) noexcept:
         if not ID_OK[<unsigned char>p[i]]:
             return False
     return True
-
-
-cdef inline bint get_i64(object o, int64_t* out) noexcept:
-    """A non-bool int that fits int64 (the model's `_is_int` plus the int64 range)."""
-    if not PyLong_Check(o) or PyBool_Check(o):
-        return False
-    return fl_as_i64(o, out)
-
-
-cdef inline bint get_range(object o, int64_t lo, int64_t hi, int64_t* out) noexcept:
-    return get_i64(o, out) and lo <= out[0] <= hi
 
 
 cdef inline bint get_bool(object o, bint* out) noexcept:
