@@ -119,7 +119,7 @@ cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int
     if r == NULL:
         raise MemoryError()
     memset(r, 0, size)
-    memcpy((<char*>r) + size, id_data(rid), rlen)
+    fl_copy_id((<char*>r) + size, id_data(rid), rlen)
     r.hash = <uint32_t>h
     r.kind = kind
     r.rlen = <uint16_t>rlen

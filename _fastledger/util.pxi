@@ -49,6 +49,23 @@ cdef extern from *:
         return h ^ (h >> 32);
     }
 
+    /* Copy an id's bytes (n <= 255; ids are short): up to 16 bytes with two overlapping loads
+       and stores, which reads and writes exactly [0, n) but costs no library call. */
+    static inline void fl_copy_id(char *d, const char *s, size_t n) {
+        if (n >= 8) {
+            if (n > 16) { memcpy(d, s, n); return; }
+            uint64_t x, y;
+            memcpy(&x, s, 8); memcpy(&y, s + n - 8, 8);
+            memcpy(d, &x, 8); memcpy(d + n - 8, &y, 8);
+        } else if (n >= 4) {
+            uint32_t x, y;
+            memcpy(&x, s, 4); memcpy(&y, s + n - 4, 4);
+            memcpy(d, &x, 4); memcpy(d + n - 4, &y, 4);
+        } else if (n) {
+            d[0] = s[0]; d[n >> 1] = s[n >> 1]; d[n - 1] = s[n - 1];
+        }
+    }
+
     /* Little-endian fixed-width integers (the journal format). */
     static inline void fl_put64(char *p, int64_t v) {
         uint64_t u = (uint64_t)v;
@@ -157,6 +174,7 @@ cdef extern from *:
     bint fl_sub(int64_t a, int64_t b, int64_t* r) noexcept nogil
     int64_t fl_retry_after(int64_t last, int64_t periods, int64_t period, int64_t now, int64_t cap) noexcept nogil
     uint64_t fl_hash(const char* s, size_t n, uint64_t seed) noexcept nogil
+    void fl_copy_id(char* d, const char* s, size_t n) noexcept nogil
     void fl_put64(char* p, int64_t v) noexcept nogil
     int64_t fl_get64(const char* p) noexcept nogil
     void fl_put32(char* p, int32_t v) noexcept nogil
