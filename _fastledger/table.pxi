@@ -84,7 +84,9 @@ cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
     """Insert a record whose key is not in the table."""
     if (<uint64_t>r) & ~PTR_MASK:
         raise SystemError("a record address does not fit in 48 bits")
-    if (t.n + 1) * 4 > (t.mask + 1) * 3:
+    # At most half full: a reserve's lookup of a new id probes until an empty slot, and with
+    # linear probing that run grows fast past one half (8 bytes a slot, small next to a record).
+    if (t.n + 1) * 2 > t.mask + 1:
         table_grow(t)
     table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
     t.n += 1
