@@ -87,9 +87,10 @@ ctypedef struct HEnt:
 
 ctypedef struct Heap:
     HEnt* a
-    Py_ssize_t n
+    Py_ssize_t n                # live entries
     Py_ssize_t cap
     int kind                    # HQ_LOTS / HQ_HOLDS / HQ_PURGE
+    Py_ssize_t len              # entries in a: n plus HQ_HOLDS's tombstones (see heap.pxi)
 
 
 ctypedef struct Table:
