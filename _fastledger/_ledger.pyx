@@ -10,7 +10,7 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memcmp, memmove, memset
 from cpython.object cimport PyObject
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE

@@ -125,20 +125,22 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     cdef object taken
     if not valid_id(rid):
         return (INVALID_ID,)
-    if not get_i64(op[3], &fp):
+    if not get_i64(<object>field(op, 3), &fp):
         return (INVALID_ARGUMENT,)
-    if not (get_range(op[4], 0, AMOUNT_MAX, &amount) and get_range(op[6], 0, AMOUNT_MAX, &min_amount)):
+    if not (get_range(<object>field(op, 4), 0, AMOUNT_MAX, &amount)
+            and get_range(<object>field(op, 6), 0, AMOUNT_MAX, &min_amount)):
         return (INVALID_AMOUNT,)
-    if not get_range(op[7], 1, TTL_NS_MAX, &ttl):
+    if not get_range(<object>field(op, 7), 1, TTL_NS_MAX, &ttl):
         return (INVALID_TTL,)
-    if not (get_bool(op[5], &allow_partial) and get_bool(op[9], &feature)):
+    if not (get_bool(<object>field(op, 5), &allow_partial)
+            and get_bool(<object>field(op, 9), &feature)):
         return (INVALID_ARGUMENT,)
-    if not get_range(op[8], EXPIRE_RELEASE, EXPIRE_COMMIT, &on_expire):
+    if not get_range(<object>field(op, 8), EXPIRE_RELEASE, EXPIRE_COMMIT, &on_expire):
         return (INVALID_ARGUMENT,)
-    nb = parse_buckets(op[10], specs)
+    nb = parse_buckets(<object>field(op, 10), specs)
     if nb < 0 or not PyBytes_Check(meta) or PyBytes_GET_SIZE(meta) > META_BYTES_MAX:
         return (INVALID_ARGUMENT,)
-    a = touch(L, op[1], now, &st)
+    a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
         return (st,)
     hk = key_hash(a, REC_HOLD, rid)
@@ -258,15 +260,15 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     cdef Hold* h
     cdef HoldAux* x
     cdef bint late
-    if not get_i64(op[3], &fp):
+    if not get_i64(<object>field(op, 3), &fp):
         return (INVALID_ARGUMENT,)
-    if not (get_i64(op[4], &amount) and (amount == -1 or 0 <= amount <= AMOUNT_MAX)):
+    if not (get_i64(<object>field(op, 4), &amount) and (amount == -1 or 0 <= amount <= AMOUNT_MAX)):
         return (INVALID_AMOUNT,)
     if not valid_bucket_costs(costs):
         return (INVALID_ARGUMENT,)
     if not valid_id(rid):
         return (INVALID_ID,)
-    a = touch(L, op[1], now, &st)
+    a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
         return (st,)
     h = open_hold(L, a, rid, now)

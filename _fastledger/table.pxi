@@ -33,10 +33,9 @@ cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
 
 
 cdef int table_init(Table* t, size_t cap) except -1:
-    t.slots = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+    t.slots = <uint64_t*>PyMem_Calloc(cap, sizeof(uint64_t))
     if t.slots == NULL:
         raise MemoryError()
-    memset(t.slots, 0, cap * sizeof(uint64_t))
     t.mask = cap - 1
     t.n = 0
     return 0
@@ -120,7 +119,11 @@ cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int
     cdef Rec* r = <Rec*>PyMem_Malloc(size + rlen)
     if r == NULL:
         raise MemoryError()
-    memset(r, 0, size)
+    # Constant sizes, so the compiler clears inline instead of calling memset.
+    if kind == REC_HOLD:
+        memset(r, 0, sizeof(Hold))
+    else:
+        memset(r, 0, sizeof(Idem))
     fl_copy_id((<char*>r) + size, id_data(rid), rlen)
     r.hash = <uint32_t>h
     r.kind = kind

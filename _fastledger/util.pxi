@@ -199,6 +199,9 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) noexcept
     PyObject* PyDict_GetItemWithError(object d, object k) except? NULL   # borrowed, NULL if missing
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    # An op tuple's field i, borrowed: `<object>field(op, i)` passed straight to a function
+    # costs no reference counting, where op[i] takes a reference and drops it around the call.
+    PyObject* field "PyTuple_GET_ITEM"(object op, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
     object PyUnicode_FromStringAndSize(const char* s, Py_ssize_t n)
     object PyBytes_FromStringAndSize(const char* s, Py_ssize_t n)
