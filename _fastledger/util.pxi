@@ -158,6 +158,23 @@ cdef extern from *:
         return 1;
     }
 
+    /* A new int for v: balances and timestamps mostly take two 30-bit digits, and on CPython
+       3.11 such an int is made directly instead of through PyLong_FromLongLong's general path. */
+    static inline PyObject *fl_int(int64_t v) {
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+        uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+        if (PyLong_SHIFT == 30 && (u >> 30) != 0 && (u >> 60) == 0) {
+            PyLongObject *o = _PyLong_New(2);
+            if (o == NULL) return NULL;
+            o->ob_digit[0] = (digit)(u & PyLong_MASK);
+            o->ob_digit[1] = (digit)(u >> PyLong_SHIFT);
+            if (v < 0) Py_SET_SIZE(o, -2);
+            return (PyObject *)o;
+        }
+    #endif
+        return PyLong_FromLongLong(v);
+    }
+
     /* get_i64 / get_range (see below), in C so that they are always inlined: the op parsers
        call them a dozen times per op and the compiler's size heuristics do not always agree. */
     static inline __attribute__((always_inline)) int fl_get_i64(PyObject *o, int64_t *out) {
@@ -181,6 +198,7 @@ cdef extern from *:
     int32_t fl_get32(const char* p) noexcept nogil
     uint64_t fl_checksum(const char* p, size_t n) noexcept nogil
     bint fl_as_i64(object o, int64_t* out) noexcept
+    object fl_int(int64_t v)
     # A non-bool int that fits int64 (the model's `_is_int` plus the int64 range) ...
     bint get_i64 "fl_get_i64"(object o, int64_t* out) noexcept
     # ... and inside [lo, hi].
