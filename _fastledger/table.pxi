@@ -54,7 +54,7 @@ cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssiz
         if (s >> 48) == tag:
             r = slot_rec(s)
             if (r.acct == <PyObject*>a and r.kind == kind and r.rlen == rlen
-                    and memcmp(rec_rid(r), rid, rlen) == 0):
+                    and fl_id_eq(rec_rid(r), rid, rlen)):
                 return r
         i = (i + 1) & t.mask
 
@@ -223,15 +223,16 @@ cdef inline PyObject* acct_find(Table* t, object aid) noexcept:
     cdef uint64_t tag = h >> 48
     cdef uint64_t s
     cdef PyObject* a
-    cdef object other
+    cdef PyObject* other        # borrowed pointers: no reference counting on the probe
     while True:
         s = t.slots[i]
         if s == 0:
             return NULL
         if (s >> 48) == tag:
             a = <PyObject*>(s & PTR_MASK)
-            other = (<Account>a).aid
-            if other is aid or (PyUnicode_GET_LENGTH(other) == n and memcmp(id_data(other), p, n) == 0):
+            other = <PyObject*>(<Account>a).aid
+            if other == <PyObject*>aid or (PyUnicode_GET_LENGTH(<object>other) == n
+                                           and fl_id_eq(id_data(<object>other), p, n)):
                 return a
         i = (i + 1) & t.mask
 

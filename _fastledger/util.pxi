@@ -66,6 +66,24 @@ cdef extern from *:
         }
     }
 
+    /* Whether two ids' bytes are equal (n <= 255), like fl_copy_id without a library call. */
+    static inline int fl_id_eq(const char *a, const char *b, size_t n) {
+        if (n >= 8) {
+            if (n > 16) return memcmp(a, b, n) == 0;
+            uint64_t x, y, z, w;
+            memcpy(&x, a, 8); memcpy(&y, a + n - 8, 8);
+            memcpy(&z, b, 8); memcpy(&w, b + n - 8, 8);
+            return ((x ^ z) | (y ^ w)) == 0;
+        }
+        if (n >= 4) {
+            uint32_t x, y, z, w;
+            memcpy(&x, a, 4); memcpy(&y, a + n - 4, 4);
+            memcpy(&z, b, 4); memcpy(&w, b + n - 4, 4);
+            return ((x ^ z) | (y ^ w)) == 0;
+        }
+        return n == 0 || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+    }
+
     /* Little-endian fixed-width integers (the journal format). */
     static inline void fl_put64(char *p, int64_t v) {
         uint64_t u = (uint64_t)v;
@@ -192,6 +210,7 @@ cdef extern from *:
     int64_t fl_retry_after(int64_t last, int64_t periods, int64_t period, int64_t now, int64_t cap) noexcept nogil
     uint64_t fl_hash(const char* s, size_t n, uint64_t seed) noexcept nogil
     void fl_copy_id(char* d, const char* s, size_t n) noexcept nogil
+    bint fl_id_eq(const char* a, const char* b, size_t n) noexcept nogil
     void fl_put64(char* p, int64_t v) noexcept nogil
     int64_t fl_get64(const char* p) noexcept nogil
     void fl_put32(char* p, int32_t v) noexcept nogil
