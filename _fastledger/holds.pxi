@@ -107,7 +107,8 @@ cdef inline tuple reserve_result(Hold* h):
 
 cdef inline tuple commit_result(Hold* h):
     cdef HoldAux* x = h.aux
-    return (O_OK, x.charged, x.released, x.uncharged, fl_int(x.avail), True if x.late else False)
+    return (O_OK, fl_int(x.charged), fl_int(x.released), fl_int(x.uncharged), fl_int(x.avail),
+            True if x.late else False)
 
 
 cdef object op_reserve(Ledger L, tuple op, int64_t now):
@@ -179,7 +180,7 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     heap_push(&L.holds_q, h.expires_ns, seq, h)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (O_OK, O_DEC_OK, held, fl_int(avail), expires_int(L, h.expires_ns), 0, EMPTY)
+    return (O_OK, O_DEC_OK, fl_int(held), fl_int(avail), expires_int(L, h.expires_ns), 0, EMPTY)
 
 
 cdef int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:

@@ -176,9 +176,26 @@ cdef extern from *:
         return 1;
     }
 
-    /* A new int for v: balances and timestamps mostly take two 30-bit digits, and on CPython
-       3.11 such an int is made directly instead of through PyLong_FromLongLong's general path. */
-    static inline PyObject *fl_int(int64_t v) {
+    /* A new reference to an int for v, for result tuples. Small values come from a table of
+       the interpreter's own cached ints (filled by fl_init_ints at import); balances and
+       timestamps mostly take two 30-bit digits, and on CPython 3.11 such an int is made
+       directly instead of through PyLong_FromLongLong's general path. */
+    #define FL_SMALL_INTS 257
+    static PyObject *fl_small_ints[FL_SMALL_INTS];
+    static int fl_init_ints(void) {
+        int i;
+        for (i = 0; i < FL_SMALL_INTS; i++) {
+            fl_small_ints[i] = PyLong_FromLong(i);
+            if (fl_small_ints[i] == NULL) return -1;
+        }
+        return 0;
+    }
+    static inline __attribute__((always_inline)) PyObject *fl_int(int64_t v) {
+        if ((uint64_t)v < FL_SMALL_INTS) {
+            PyObject *o = fl_small_ints[v];
+            Py_INCREF(o);
+            return o;
+        }
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
         uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
         if (PyLong_SHIFT == 30 && (u >> 30) != 0 && (u >> 60) == 0) {
@@ -218,6 +235,7 @@ cdef extern from *:
     uint64_t fl_checksum(const char* p, size_t n) noexcept nogil
     bint fl_as_i64(object o, int64_t* out) noexcept
     object fl_int(int64_t v)
+    int fl_init_ints() except -1
     # A non-bool int that fits int64 (the model's `_is_int` plus the int64 range) ...
     bint get_i64 "fl_get_i64"(object o, int64_t* out) noexcept
     # ... and inside [lo, hi].
@@ -396,6 +414,7 @@ cdef void _init_id_table() noexcept:
         ID_OK[ch] = 1
 
 _init_id_table()
+fl_init_ints()
 
 
 cdef inline bint valid_id(object o) noexcept:
