@@ -122,7 +122,12 @@ cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
     e.p = p
     h.n += 1
     h.len += 1
-    heap_sift_up(h, h.len - 1, e)
+    # Entries mostly arrive in key order (expiries and purge times are now plus a fixed span):
+    # then the new last entry already sits below its parent.
+    if h.len > 1 and not hent_lt(&e, &h.a[hparent(h.len - 1)]):
+        heap_place_k(h.a, h.kind, h.len - 1, e)
+    else:
+        heap_sift_up(h, h.len - 1, e)
     return 0
 
 
