@@ -46,7 +46,7 @@ cdef inline uint64_t key_hash(Account a, uint8_t kind, object rid) noexcept:
     return rec_hash(a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid))
 
 
-cdef HoldAux* hold_aux(Hold* h) except NULL:
+cdef inline HoldAux* hold_aux(Hold* h) except NULL:
     if h.aux == NULL:
         h.aux = <HoldAux*>PyMem_Malloc(sizeof(HoldAux))
         if h.aux == NULL:
@@ -183,7 +183,7 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     return (O_OK, O_DEC_OK, fl_int(held), fl_int(avail), expires_int(L, h.expires_ns), 0, EMPTY)
 
 
-cdef int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
+cdef inline int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
     cdef HoldAux* x = hold_aux(h)
     h.state = state
     a.open_holds -= 1
@@ -243,7 +243,7 @@ cdef int expire_hold(Ledger L, Account a, Hold* h, int64_t now) except -1:
     return 0
 
 
-cdef Hold* open_hold(Ledger L, Account a, object rid, int64_t now) except? NULL:
+cdef inline Hold* open_hold(Ledger L, Account a, object rid, int64_t now) except? NULL:
     """The named hold, expired first if it is due (as the sweep would); NULL if unknown."""
     cdef Hold* h = <Hold*>find_rec(L, a, REC_HOLD, rid)
     if h != NULL and h.state == RES_HELD and h.expires_ns <= now:

@@ -168,7 +168,7 @@ cdef void rec_free(Rec* r) noexcept:
     PyMem_Free(r)
 
 
-cdef int mark_rec(Ledger L, Rec* r) except -1:
+cdef inline int mark_rec(Ledger L, Rec* r) except -1:
     if not (r.flags & RF_DIRTY):
         r.flags |= RF_DIRTY
         vec_push(&L.dirty_recs, r)
