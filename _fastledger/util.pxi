@@ -271,6 +271,7 @@ cdef extern from "Python.h":
     bint PyLong_Check(object o)
     bint PyBool_Check(object o)
     bint PyTuple_Check(object o)
+    bint PyTuple_CheckExact(object o)
     bint PyBytes_Check(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) noexcept
     PyObject* PyDict_GetItemWithError(object d, object k) except? NULL   # borrowed, NULL if missing
