@@ -87,9 +87,10 @@ ctypedef struct HEnt:
 
 ctypedef struct Heap:
     HEnt* a
-    Py_ssize_t n
+    Py_ssize_t n                # live entries
     Py_ssize_t cap
     int kind                    # HQ_LOTS / HQ_HOLDS / HQ_PURGE
+    Py_ssize_t len              # entries in a: n plus HQ_HOLDS's tombstones (see heap.pxi)
 
 
 ctypedef struct Table:
@@ -140,7 +141,8 @@ cdef class Account:
     cdef uint8_t unlimited
     cdef uint8_t dirty          # D_CORE / D_BUCKETS: queued for the journal
     cdef uint8_t flags          # AF_OVER: debt + overdraft held above credit_limit (see ceilings)
-    cdef uint32_t ahash         # hash of aid's bytes (rec_hash's account part; aid never changes)
+    cdef uint32_t ahash         # hash of aid's bytes (rec_hash's account part and the account
+                                # index's slot; aid never changes)
 
 
 cdef class Bucket:
@@ -155,6 +157,7 @@ cdef class Ledger:
     cdef Buf jbuf               # the journal's write buffer (writes straight into the record)
     cdef Py_ssize_t jhint       # size of the last journal record (first allocation guess)
     cdef dict accounts
+    cdef Table accts            # index of `accounts` by the ids' bytes (see table.pxi)
     cdef readonly int64_t retention_ns
     cdef int64_t seq
     cdef int64_t seq_journaled
@@ -168,3 +171,5 @@ cdef class Ledger:
     cdef bint replayed          # the op being applied was answered from a stored result
     cdef list replayed_at       # indices of such ops in the last apply
     cdef list expired_log       # holds expired since the last take_expired(), see there
+    cdef object exp_obj         # the int last returned as a reserve's expires_ns (expires_int)
+    cdef int64_t exp_val        # its value

@@ -10,13 +10,12 @@ from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memcmp, memmove, memset
 from cpython.object cimport PyObject
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE
 
 cdef extern from "Python.h":
-    int PyObject_GC_IsTracked(object o)
     void PyObject_GC_UnTrack(object o)
 
 include "util.pxi"
@@ -56,6 +55,7 @@ cdef class Ledger:
         self.accounts = {}
         self.ceilings = {}
         table_init(&self.recs, 1024)
+        table_init(&self.accts, 64)
         self.holds_q.kind = HQ_HOLDS
         self.lots_q.kind = HQ_LOTS
         self.purge_q.kind = HQ_PURGE
@@ -79,6 +79,7 @@ cdef class Ledger:
                 if self.recs.slots[i] != 0:
                     rec_free(slot_rec(self.recs.slots[i]))
             PyMem_Free(self.recs.slots)
+        PyMem_Free(self.accts.slots)
         heap_clear(&self.holds_q)
         heap_clear(&self.lots_q)
         heap_clear(&self.purge_q)
@@ -107,9 +108,9 @@ cdef class Ledger:
             r = apply_one(self, <object>items[i], now)
             if self.replayed:
                 self.replayed_at.append(i)
-            # Results hold only ints, bools and strs: keep them out of the GC's young generation.
-            if PyObject_GC_IsTracked(r):
-                PyObject_GC_UnTrack(r)
+            # Results are tuples of ints, bools and strs: keep them out of the GC's young
+            # generation (PyObject_GC_UnTrack does nothing to an untracked object).
+            PyObject_GC_UnTrack(r)
             Py_INCREF(r)
             PyList_SET_ITEM(results, i, r)
         if QUOTA_DEBUG:

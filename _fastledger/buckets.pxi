@@ -1,8 +1,15 @@
 # Token buckets: per account, by name, integer refill over periods.
 
 
-cdef int parse_buckets(object buckets, BSpec* out) noexcept:
-    """Validate a tuple of (name, capacity, refill_amount, period_ns, cost); -1 if malformed."""
+cdef inline int parse_buckets(object buckets, BSpec* out) noexcept:
+    """Validate a tuple of (name, capacity, refill_amount, period_ns, cost); -1 if malformed.
+    Most ops name no bucket: the empty tuple is answered without a call."""
+    if PyTuple_CheckExact(buckets) and PyTuple_GET_SIZE(buckets) == 0:
+        return 0
+    return parse_bucket_specs(buckets, out)
+
+
+cdef int parse_bucket_specs(object buckets, BSpec* out) noexcept:
     cdef Py_ssize_t n, i, j
     cdef object spec
     cdef BSpec* b
@@ -134,7 +141,14 @@ cdef void adjust_bucket(Bucket b, int64_t delta, int64_t now) noexcept:
         b.last_ns = now
 
 
-cdef int valid_bucket_costs(object costs) noexcept:
+cdef inline bint valid_bucket_costs(object costs) noexcept:
+    """A tuple of (name, actual_cost) (the empty tuple answered without a call)."""
+    if PyTuple_CheckExact(costs) and PyTuple_GET_SIZE(costs) == 0:
+        return True
+    return valid_bucket_cost_items(costs)
+
+
+cdef bint valid_bucket_cost_items(object costs) noexcept:
     cdef Py_ssize_t n, i
     cdef object item
     cdef int64_t v

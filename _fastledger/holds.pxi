@@ -9,9 +9,10 @@ cdef inline Account touch(Ledger L, object aid, int64_t now, int* st):
     """Look an account up and let time pass for its lots; None with `st` set on failure."""
     cdef PyObject* p = NULL
     cdef Account a
-    # Only valid ids are keys: an exact str found among them needs no character check.
-    if PyUnicode_CheckExact(aid):
-        p = PyDict_GetItemWithError(L.accounts, aid)
+    # Only valid ids are keys: an exact str found among them needs no character check. A miss
+    # may still be an account whose id is a str subclass (not indexed): ask the dict.
+    if PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid):
+        p = acct_find(&L.accts, aid)
     if p == NULL:
         if not valid_id(aid):
             st[0] = INVALID_ID
@@ -45,7 +46,7 @@ cdef inline uint64_t key_hash(Account a, uint8_t kind, object rid) noexcept:
     return rec_hash(a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid))
 
 
-cdef HoldAux* hold_aux(Hold* h) except NULL:
+cdef inline HoldAux* hold_aux(Hold* h) except NULL:
     if h.aux == NULL:
         h.aux = <HoldAux*>PyMem_Malloc(sizeof(HoldAux))
         if h.aux == NULL:
@@ -89,6 +90,15 @@ cdef int decide(Account a, int64_t amount, bint feature, BSpec* specs, int nb, i
     return DECISION_INSUFFICIENT_CREDITS
 
 
+cdef inline object expires_int(Ledger L, int64_t t):
+    """expires_ns of a reserve result as an int. A batch's reserves share `now` and mostly their
+    ttl, so the int made for the last one is reused when the value is the same."""
+    if L.exp_obj is None or t != L.exp_val:
+        L.exp_obj = t
+        L.exp_val = t
+    return L.exp_obj
+
+
 cdef inline tuple reserve_result(Hold* h):
     if h.aux != NULL and h.aux.has_orig:
         return (OK, DECISION_OK, h.aux.amount0, h.avail0, h.aux.expires0, 0, EMPTY)
@@ -97,7 +107,8 @@ cdef inline tuple reserve_result(Hold* h):
 
 cdef inline tuple commit_result(Hold* h):
     cdef HoldAux* x = h.aux
-    return (O_OK, x.charged, x.released, x.uncharged, x.avail, True if x.late else False)
+    return (O_OK, fl_int(x.charged), fl_int(x.released), fl_int(x.uncharged), fl_int(x.avail),
+            True if x.late else False)
 
 
 cdef object op_reserve(Ledger L, tuple op, int64_t now):
@@ -115,20 +126,22 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     cdef object taken
     if not valid_id(rid):
         return (INVALID_ID,)
-    if not get_i64(op[3], &fp):
+    if not get_i64(<object>field(op, 3), &fp):
         return (INVALID_ARGUMENT,)
-    if not (get_range(op[4], 0, AMOUNT_MAX, &amount) and get_range(op[6], 0, AMOUNT_MAX, &min_amount)):
+    if not (get_range(<object>field(op, 4), 0, AMOUNT_MAX, &amount)
+            and get_range(<object>field(op, 6), 0, AMOUNT_MAX, &min_amount)):
         return (INVALID_AMOUNT,)
-    if not get_range(op[7], 1, TTL_NS_MAX, &ttl):
+    if not get_range(<object>field(op, 7), 1, TTL_NS_MAX, &ttl):
         return (INVALID_TTL,)
-    if not (get_bool(op[5], &allow_partial) and get_bool(op[9], &feature)):
+    if not (get_bool(<object>field(op, 5), &allow_partial)
+            and get_bool(<object>field(op, 9), &feature)):
         return (INVALID_ARGUMENT,)
-    if not get_range(op[8], EXPIRE_RELEASE, EXPIRE_COMMIT, &on_expire):
+    if not get_range(<object>field(op, 8), EXPIRE_RELEASE, EXPIRE_COMMIT, &on_expire):
         return (INVALID_ARGUMENT,)
-    nb = parse_buckets(op[10], specs)
+    nb = parse_buckets(<object>field(op, 10), specs)
     if nb < 0 or not PyBytes_Check(meta) or PyBytes_GET_SIZE(meta) > META_BYTES_MAX:
         return (INVALID_ARGUMENT,)
-    a = touch(L, op[1], now, &st)
+    a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
         return (st,)
     hk = key_hash(a, REC_HOLD, rid)
@@ -167,10 +180,10 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     heap_push(&L.holds_q, h.expires_ns, seq, h)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (O_OK, O_DEC_OK, held, avail, h.expires_ns, 0, EMPTY)
+    return (O_OK, O_DEC_OK, fl_int(held), fl_int(avail), expires_int(L, h.expires_ns), 0, EMPTY)
 
 
-cdef int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
+cdef inline int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
     cdef HoldAux* x = hold_aux(h)
     h.state = state
     a.open_holds -= 1
@@ -230,7 +243,7 @@ cdef int expire_hold(Ledger L, Account a, Hold* h, int64_t now) except -1:
     return 0
 
 
-cdef Hold* open_hold(Ledger L, Account a, object rid, int64_t now) except? NULL:
+cdef inline Hold* open_hold(Ledger L, Account a, object rid, int64_t now) except? NULL:
     """The named hold, expired first if it is due (as the sweep would); NULL if unknown."""
     cdef Hold* h = <Hold*>find_rec(L, a, REC_HOLD, rid)
     if h != NULL and h.state == RES_HELD and h.expires_ns <= now:
@@ -248,15 +261,15 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     cdef Hold* h
     cdef HoldAux* x
     cdef bint late
-    if not get_i64(op[3], &fp):
+    if not get_i64(<object>field(op, 3), &fp):
         return (INVALID_ARGUMENT,)
-    if not (get_i64(op[4], &amount) and (amount == -1 or 0 <= amount <= AMOUNT_MAX)):
+    if not (get_i64(<object>field(op, 4), &amount) and (amount == -1 or 0 <= amount <= AMOUNT_MAX)):
         return (INVALID_AMOUNT,)
     if not valid_bucket_costs(costs):
         return (INVALID_ARGUMENT,)
     if not valid_id(rid):
         return (INVALID_ID,)
-    a = touch(L, op[1], now, &st)
+    a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
         return (st,)
     h = open_hold(L, a, rid, now)

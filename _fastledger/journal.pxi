@@ -29,8 +29,14 @@ cdef extern from "Python.h":
     PyObject* new_bytes "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n) except NULL
 
 
-cdef char* buf_room(Buf* b, Py_ssize_t n) except NULL:
+cdef inline char* buf_room(Buf* b, Py_ssize_t n) except NULL:
     """Make room for n more bytes; returns the write position."""
+    if b.n + n <= b.cap:
+        return b.p + b.n
+    return buf_grow(b, n)
+
+
+cdef char* buf_grow(Buf* b, Py_ssize_t n) except NULL:
     cdef Py_ssize_t cap
     cdef char* p
     if b.n + n > b.cap:
@@ -74,7 +80,7 @@ cdef inline char* put64(char* c, int64_t v) noexcept nogil:
 
 cdef inline char* putraw(char* c, const char* p, Py_ssize_t n) noexcept nogil:
     c[0] = <char><uint8_t>n
-    memcpy(c + 1, p, n)
+    fl_copy_id(c + 1, p, n)
     return c + 1 + n
 
 

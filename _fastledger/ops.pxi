@@ -65,11 +65,14 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
 
 cdef Account new_account(Ledger L, object aid, object plan_id):
     cdef Account a = Account.__new__(Account)
+    cdef uint64_t h = acct_key_hash(id_data(aid), PyUnicode_GET_LENGTH(aid))
     a.aid = aid
-    a.ahash = <uint32_t>fl_hash(id_data(aid), PyUnicode_GET_LENGTH(aid), 0x51ed27)
+    a.ahash = <uint32_t>h
     a.plan_id = plan_id
     a.status = ACCOUNT_ACTIVE
     L.accounts[aid] = a
+    if PyUnicode_CheckExact(aid):
+        acct_index_add(&L.accts, a, h)
     return a
 
 
@@ -219,14 +222,18 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
     cdef Hold* h
     cdef Rec* r
     cdef HEnt e
+    cdef HEnt* top
     cdef Account a
     if not PyLong_Check(max_o) or PyBool_Check(max_o) or max_o < 0:
         return (INVALID_ARGUMENT,)
     max_items = PyLong_AsLongLongAndOverflow(max_o, &ovf)
     if ovf:
         max_items = INT64_MAX
-    while done < max_items and L.holds_q.n and L.holds_q.a[0].t <= now:
-        h = <Hold*>L.holds_q.a[0].p
+    while done < max_items:
+        top = heap_peek(&L.holds_q)
+        if top == NULL or top.t > now:
+            break
+        h = <Hold*>top.p
         a = <Account>h.r.acct
         expire_due_lots(L, a, now)
         expire_hold(L, a, h, now)

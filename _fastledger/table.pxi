@@ -33,10 +33,9 @@ cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
 
 
 cdef int table_init(Table* t, size_t cap) except -1:
-    t.slots = <uint64_t*>PyMem_Malloc(cap * sizeof(uint64_t))
+    t.slots = <uint64_t*>PyMem_Calloc(cap, sizeof(uint64_t))
     if t.slots == NULL:
         raise MemoryError()
-    memset(t.slots, 0, cap * sizeof(uint64_t))
     t.mask = cap - 1
     t.n = 0
     return 0
@@ -55,7 +54,7 @@ cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssiz
         if (s >> 48) == tag:
             r = slot_rec(s)
             if (r.acct == <PyObject*>a and r.kind == kind and r.rlen == rlen
-                    and memcmp(rec_rid(r), rid, rlen) == 0):
+                    and fl_id_eq(rec_rid(r), rid, rlen)):
                 return r
         i = (i + 1) & t.mask
 
@@ -84,7 +83,9 @@ cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
     """Insert a record whose key is not in the table."""
     if (<uint64_t>r) & ~PTR_MASK:
         raise SystemError("a record address does not fit in 48 bits")
-    if (t.n + 1) * 4 > (t.mask + 1) * 3:
+    # At most half full: a reserve's lookup of a new id probes until an empty slot, and with
+    # linear probing that run grows fast past one half (8 bytes a slot, small next to a record).
+    if (t.n + 1) * 2 > t.mask + 1:
         table_grow(t)
     table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
     t.n += 1
@@ -118,8 +119,12 @@ cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int
     cdef Rec* r = <Rec*>PyMem_Malloc(size + rlen)
     if r == NULL:
         raise MemoryError()
-    memset(r, 0, size)
-    memcpy((<char*>r) + size, id_data(rid), rlen)
+    # Constant sizes, so the compiler clears inline instead of calling memset.
+    if kind == REC_HOLD:
+        memset(r, 0, sizeof(Hold))
+    else:
+        memset(r, 0, sizeof(Idem))
+    fl_copy_id((<char*>r) + size, id_data(rid), rlen)
     r.hash = <uint32_t>h
     r.kind = kind
     r.rlen = <uint16_t>rlen
@@ -163,7 +168,7 @@ cdef void rec_free(Rec* r) noexcept:
     PyMem_Free(r)
 
 
-cdef int mark_rec(Ledger L, Rec* r) except -1:
+cdef inline int mark_rec(Ledger L, Rec* r) except -1:
     if not (r.flags & RF_DIRTY):
         r.flags |= RF_DIRTY
         vec_push(&L.dirty_recs, r)
@@ -189,4 +194,71 @@ cdef int rec_kill(Ledger L, Rec* r) except -1:
     rec_detach(L, r)
     r.flags |= RF_DEAD
     mark_rec(L, r)
+    return 0
+
+
+# ---------------------------------------------------------------- the account index
+#
+# Accounts by id, besides the `accounts` dict: the same open addressing, keyed by the fl_hash of
+# the id's bytes (the hash new_account caches in Account.ahash), so the hot path never calls the
+# dict's generic lookup (nor hashes a fresh str with siphash). Slots hold a borrowed Account
+# pointer (the dict owns it) with the hash's top 16 bits. Accounts are never removed or replaced,
+# so entries never go stale. Only exact-str ids are indexed: a str subclass may compare and hash
+# its own way, and only the dict can look that up.
+
+cdef inline uint64_t acct_key_hash(const char* p, Py_ssize_t n) noexcept:
+    return fl_hash(p, <size_t>n, 0x51ed27)
+
+
+cdef inline Account acct_slot(uint64_t s):
+    return <Account><PyObject*>(s & PTR_MASK)
+
+
+cdef inline PyObject* acct_find(Table* t, object aid) noexcept:
+    """The indexed account of an exact, ASCII str id (borrowed), or NULL."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(aid)
+    cdef const char* p = id_data(aid)
+    cdef uint64_t h = acct_key_hash(p, n)
+    cdef size_t i = h & t.mask
+    cdef uint64_t tag = h >> 48
+    cdef uint64_t s
+    cdef PyObject* a
+    cdef PyObject* other        # borrowed pointers: no reference counting on the probe
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            return NULL
+        if (s >> 48) == tag:
+            a = <PyObject*>(s & PTR_MASK)
+            other = <PyObject*>(<Account>a).aid
+            if other == <PyObject*>aid or (PyUnicode_GET_LENGTH(<object>other) == n
+                                           and fl_id_eq(id_data(<object>other), p, n)):
+                return a
+        i = (i + 1) & t.mask
+
+
+cdef int acct_index_add(Table* t, Account a, uint64_t h) except -1:
+    """Index a new account whose id (an exact str) hashes to h."""
+    cdef uint64_t* old
+    cdef size_t old_cap, i, j, n
+    if (<uint64_t><PyObject*>a) & ~PTR_MASK:
+        raise SystemError("an account address does not fit in 48 bits")
+    if (t.n + 1) * 2 > t.mask + 1:
+        old = t.slots
+        old_cap = t.mask + 1
+        n = t.n
+        table_init(t, old_cap * 2)
+        for i in range(old_cap):
+            if old[i] != 0:
+                j = acct_slot(old[i]).ahash & t.mask
+                while t.slots[j] != 0:
+                    j = (j + 1) & t.mask
+                t.slots[j] = old[i]
+        t.n = n
+        PyMem_Free(old)
+    i = h & t.mask
+    while t.slots[i] != 0:
+        i = (i + 1) & t.mask
+    t.slots[i] = (<uint64_t><PyObject*>a) | ((h >> 48) << 48)
+    t.n += 1
     return 0

@@ -28,11 +28,74 @@ cdef extern from *:
             s += 8; n -= 8;
         }
         if (n) {
-            uint64_t w = 0; memcpy(&w, s, n);
+            /* The last 1..7 bytes as a zero-extended little-endian word, read without a
+               variable-length memcpy (a library call): two overlapping 4-byte loads, or up
+               to three single bytes. */
+            uint64_t w;
+            if (n >= 4) {
+                uint32_t lo, hi;
+                memcpy(&lo, s, 4); memcpy(&hi, s + n - 4, 4);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                lo = __builtin_bswap32(lo); hi = __builtin_bswap32(hi);
+    #endif
+                w = (uint64_t)lo | ((uint64_t)hi << (8 * (n - 4)));
+            } else {
+                w = (uint64_t)(unsigned char)s[0] | ((uint64_t)(unsigned char)s[n >> 1] << (8 * (n >> 1)))
+                    | ((uint64_t)(unsigned char)s[n - 1] << (8 * (n - 1)));
+            }
             h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL; h ^= h >> 31;
         }
         h *= 0x9E3779B97F4A7C15ULL;
         return h ^ (h >> 32);
+    }
+
+    /* Copy an id's bytes (n <= 255; ids are short): up to 16 bytes with two overlapping loads
+       and stores, which reads and writes exactly [0, n) but costs no library call. */
+    static inline void fl_copy_id(char *d, const char *s, size_t n) {
+        if (n >= 8) {
+            if (n > 16) { memcpy(d, s, n); return; }
+            uint64_t x, y;
+            memcpy(&x, s, 8); memcpy(&y, s + n - 8, 8);
+            memcpy(d, &x, 8); memcpy(d + n - 8, &y, 8);
+        } else if (n >= 4) {
+            uint32_t x, y;
+            memcpy(&x, s, 4); memcpy(&y, s + n - 4, 4);
+            memcpy(d, &x, 4); memcpy(d + n - 4, &y, 4);
+        } else if (n) {
+            d[0] = s[0]; d[n >> 1] = s[n >> 1]; d[n - 1] = s[n - 1];
+        }
+    }
+
+    /* Whether two ids' bytes are equal (n <= 255), like fl_copy_id without a library call. */
+    static inline int fl_id_eq(const char *a, const char *b, size_t n) {
+        if (n >= 8) {
+            if (n > 16) return memcmp(a, b, n) == 0;
+            uint64_t x, y, z, w;
+            memcpy(&x, a, 8); memcpy(&y, a + n - 8, 8);
+            memcpy(&z, b, 8); memcpy(&w, b + n - 8, 8);
+            return ((x ^ z) | (y ^ w)) == 0;
+        }
+        if (n >= 4) {
+            uint32_t x, y, z, w;
+            memcpy(&x, a, 4); memcpy(&y, a + n - 4, 4);
+            memcpy(&z, b, 4); memcpy(&w, b + n - 4, 4);
+            return ((x ^ z) | (y ^ w)) == 0;
+        }
+        return n == 0 || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+    }
+
+    /* Whether every one of the n bytes is an id character (fl_id_ok, filled at import): no
+       early exit, so the loop is four independent table loads per step instead of a branch
+       per byte (ids are at most 128 bytes). */
+    static unsigned char fl_id_ok[256];
+    static inline int fl_id_chars_ok(const unsigned char *p, size_t n) {
+        unsigned acc = 1;
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            acc &= fl_id_ok[p[i]] & fl_id_ok[p[i + 1]] & fl_id_ok[p[i + 2]] & fl_id_ok[p[i + 3]];
+        for (; i < n; i++)
+            acc &= fl_id_ok[p[i]];
+        return (int)acc;
     }
 
     /* Little-endian fixed-width integers (the journal format). */
@@ -67,29 +130,41 @@ cdef extern from *:
 
     /* Checksum of a journal record: four interleaved Fletcher-style lanes over little-endian
        64-bit words (the last 32-byte block zero-padded), then mixed; position-dependent, it
-       catches truncation and flipped bits. The lanes are a vector so the compiler can use SIMD. */
-    typedef uint64_t fl_v4 __attribute__((vector_size(32)));
-    static uint64_t fl_checksum(const char *p, size_t n) {
-        fl_v4 a = {0x243F6A8885A308D3ULL, 0x13198A2E03707344ULL, 0xA4093822299F31D0ULL,
-                   0x082EFA98EC4E6C89ULL};
-        fl_v4 b = {(uint64_t)n, 0, 0, 0};
-        fl_v4 w;
-        size_t len = n;
-        int k;
-        while (n >= 32) {
-            memcpy(&w, p, 32);
+       catches truncation and flipped bits. The lanes are two 2-lane vectors (SSE2 registers
+       on x86-64) so the loop keeps its state in registers instead of spilling it. */
+    typedef uint64_t fl_v2 __attribute__((vector_size(16)));
+    static inline void fl_ck_block(const char *p, fl_v2 *a0, fl_v2 *a1, fl_v2 *b0, fl_v2 *b1) {
+        fl_v2 w0, w1;
+        memcpy(&w0, p, 16);
+        memcpy(&w1, p + 16, 16);
     #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-            for (k = 0; k < 4; k++) w[k] = __builtin_bswap64(w[k]);
+        w0[0] = __builtin_bswap64(w0[0]); w0[1] = __builtin_bswap64(w0[1]);
+        w1[0] = __builtin_bswap64(w1[0]); w1[1] = __builtin_bswap64(w1[1]);
     #endif
-            a += w; b += a;
+        *a0 += w0; *a1 += w1; *b0 += *a0; *b1 += *a1;
+    }
+    static uint64_t fl_checksum(const char *p, size_t n) {
+        fl_v2 a0 = {0x243F6A8885A308D3ULL, 0x13198A2E03707344ULL};
+        fl_v2 a1 = {0xA4093822299F31D0ULL, 0x082EFA98EC4E6C89ULL};
+        fl_v2 b0 = {(uint64_t)n, 0}, b1 = {0, 0};
+        char last[32];
+        size_t len = n;
+        uint64_t a[4], b[4];
+        int k;
+        while (n >= 64) {               /* two blocks a turn: half the loop overhead */
+            fl_ck_block(p, &a0, &a1, &b0, &b1);
+            fl_ck_block(p + 32, &a0, &a1, &b0, &b1);
+            p += 64; n -= 64;
+        }
+        if (n >= 32) {
+            fl_ck_block(p, &a0, &a1, &b0, &b1);
             p += 32; n -= 32;
         }
-        memset(&w, 0, 32);
-        memcpy(&w, p, n);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (k = 0; k < 4; k++) w[k] = __builtin_bswap64(w[k]);
-    #endif
-        a += w; b += a;
+        memset(last, 0, 32);
+        memcpy(last, p, n);
+        fl_ck_block(last, &a0, &a1, &b0, &b1);
+        a[0] = a0[0]; a[1] = a0[1]; a[2] = a1[0]; a[3] = a1[1];
+        b[0] = b0[0]; b[1] = b0[1]; b[2] = b1[0]; b[3] = b1[1];
         uint64_t h = (uint64_t)len;
         for (k = 0; k < 4; k++) {
             h ^= a[k] + (b[k] * 0x9E3779B97F4A7C15ULL);
@@ -100,7 +175,7 @@ cdef extern from *:
 
     /* A Python int (the caller checked PyLong_Check) as int64: 1 if it fits, else 0.
        Small values skip the generic conversion. */
-    static inline int fl_as_i64(PyObject *o, int64_t *out) {
+    static inline __attribute__((always_inline)) int fl_as_i64(PyObject *o, int64_t *out) {
     #if PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
         Py_ssize_t size = Py_SIZE(o);
         const digit *d = ((PyLongObject *)o)->ob_digit;
@@ -119,18 +194,73 @@ cdef extern from *:
         *out = (int64_t)v;
         return 1;
     }
+
+    /* A new reference to an int for v, for result tuples. Small values come from a table of
+       the interpreter's own cached ints (filled by fl_init_ints at import); balances and
+       timestamps mostly take two 30-bit digits, and on CPython 3.11 such an int is made
+       directly instead of through PyLong_FromLongLong's general path. */
+    #define FL_SMALL_INTS 257
+    static PyObject *fl_small_ints[FL_SMALL_INTS];
+    static int fl_init_ints(void) {
+        int i;
+        for (i = 0; i < FL_SMALL_INTS; i++) {
+            fl_small_ints[i] = PyLong_FromLong(i);
+            if (fl_small_ints[i] == NULL) return -1;
+        }
+        return 0;
+    }
+    static inline __attribute__((always_inline)) PyObject *fl_int(int64_t v) {
+        if ((uint64_t)v < FL_SMALL_INTS) {
+            PyObject *o = fl_small_ints[v];
+            Py_INCREF(o);
+            return o;
+        }
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+        uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+        if (PyLong_SHIFT == 30 && (u >> 30) != 0 && (u >> 60) == 0) {
+            PyLongObject *o = _PyLong_New(2);
+            if (o == NULL) return NULL;
+            o->ob_digit[0] = (digit)(u & PyLong_MASK);
+            o->ob_digit[1] = (digit)(u >> PyLong_SHIFT);
+            if (v < 0) Py_SET_SIZE(o, -2);
+            return (PyObject *)o;
+        }
+    #endif
+        return PyLong_FromLongLong(v);
+    }
+
+    /* get_i64 / get_range (see below), in C so that they are always inlined: the op parsers
+       call them a dozen times per op and the compiler's size heuristics do not always agree. */
+    static inline __attribute__((always_inline)) int fl_get_i64(PyObject *o, int64_t *out) {
+        if (!PyLong_Check(o) || PyBool_Check(o)) return 0;
+        return fl_as_i64(o, out);
+    }
+    static inline __attribute__((always_inline)) int fl_get_range(PyObject *o, int64_t lo, int64_t hi,
+                                                                  int64_t *out) {
+        return fl_get_i64(o, out) && lo <= *out && *out <= hi;
+    }
     """
     bint QUOTA_DEBUG
     bint fl_add(int64_t a, int64_t b, int64_t* r) noexcept nogil
     bint fl_sub(int64_t a, int64_t b, int64_t* r) noexcept nogil
     int64_t fl_retry_after(int64_t last, int64_t periods, int64_t period, int64_t now, int64_t cap) noexcept nogil
     uint64_t fl_hash(const char* s, size_t n, uint64_t seed) noexcept nogil
+    void fl_copy_id(char* d, const char* s, size_t n) noexcept nogil
+    bint fl_id_eq(const char* a, const char* b, size_t n) noexcept nogil
+    unsigned char ID_OK "fl_id_ok"[256]
+    bint fl_id_chars_ok(const unsigned char* p, size_t n) noexcept nogil
     void fl_put64(char* p, int64_t v) noexcept nogil
     int64_t fl_get64(const char* p) noexcept nogil
     void fl_put32(char* p, int32_t v) noexcept nogil
     int32_t fl_get32(const char* p) noexcept nogil
     uint64_t fl_checksum(const char* p, size_t n) noexcept nogil
     bint fl_as_i64(object o, int64_t* out) noexcept
+    object fl_int(int64_t v)
+    int fl_init_ints() except -1
+    # A non-bool int that fits int64 (the model's `_is_int` plus the int64 range) ...
+    bint get_i64 "fl_get_i64"(object o, int64_t* out) noexcept
+    # ... and inside [lo, hi].
+    bint get_range "fl_get_range"(object o, int64_t lo, int64_t hi, int64_t* out) noexcept
 
 cdef extern from "Python.h":
     bint PyUnicode_Check(object o)
@@ -141,10 +271,14 @@ cdef extern from "Python.h":
     bint PyLong_Check(object o)
     bint PyBool_Check(object o)
     bint PyTuple_Check(object o)
+    bint PyTuple_CheckExact(object o)
     bint PyBytes_Check(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) noexcept
     PyObject* PyDict_GetItemWithError(object d, object k) except? NULL   # borrowed, NULL if missing
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    # An op tuple's field i, borrowed: `<object>field(op, i)` passed straight to a function
+    # costs no reference counting, where op[i] takes a reference and drops it around the call.
+    PyObject* field "PyTuple_GET_ITEM"(object op, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
     object PyUnicode_FromStringAndSize(const char* s, Py_ssize_t n)
     object PyBytes_FromStringAndSize(const char* s, Py_ssize_t n)
@@ -291,9 +425,6 @@ DEBUG = bool(QUOTA_DEBUG)
 
 # ---------------------------------------------------------------- validation
 
-cdef unsigned char ID_OK[256]
-
-
 cdef void _init_id_table() noexcept:
     cdef int c
     for c in range(256):
@@ -302,43 +433,24 @@ cdef void _init_id_table() noexcept:
         ID_OK[ch] = 1
 
 _init_id_table()
+fl_init_ints()
 
 
 cdef inline bint valid_id(object o) noexcept:
     """1..128 chars of [A-Za-z0-9._:@/-] (str or a str subclass)."""
-    cdef Py_ssize_t n, i
-    cdef const unsigned char* p
+    cdef Py_ssize_t n
     if not PyUnicode_Check(o):
         return False
     n = PyUnicode_GET_LENGTH(o)
     if n < 1 or n > ID_LEN_MAX or not PyUnicode_IS_ASCII(o):
         return False
-    p = <const unsigned char*>PyUnicode_DATA(o)
-    for i in range(n):
-        if not ID_OK[p[i]]:
-            return False
-    return True
+    return fl_id_chars_ok(<const unsigned char*>PyUnicode_DATA(o), n)
 
 
 cdef inline bint valid_id_bytes(const char* p, Py_ssize_t n) noexcept:
-    cdef Py_ssize_t i
     if n < 1 or n > ID_LEN_MAX:
         return False
-    for i in range(n):
-        if not ID_OK[<unsigned char>p[i]]:
-            return False
-    return True
-
-
-cdef inline bint get_i64(object o, int64_t* out) noexcept:
-    """A non-bool int that fits int64 (the model's `_is_int` plus the int64 range)."""
-    if not PyLong_Check(o) or PyBool_Check(o):
-        return False
-    return fl_as_i64(o, out)
-
-
-cdef inline bint get_range(object o, int64_t lo, int64_t hi, int64_t* out) noexcept:
-    return get_i64(o, out) and lo <= out[0] <= hi
+    return fl_id_chars_ok(<const unsigned char*>p, n)
 
 
 cdef inline bint get_bool(object o, bint* out) noexcept:
