@@ -133,8 +133,8 @@ cdef class Account:
     cdef int64_t uncollected
     cdef int64_t held
     cdef int64_t ovd_held
-    cdef int32_t max_open_holds
-    cdef int32_t open_holds
+    cdef uint16_t max_open_holds    # 16 bits (HOLDS_PER_ACCOUNT_MAX) keep Account at 128 bytes
+    cdef uint16_t open_holds
     cdef uint16_t nlots
     cdef uint16_t lcap
     cdef uint8_t status
@@ -156,8 +156,8 @@ cdef class Bucket:
 cdef class Ledger:
     cdef Buf jbuf               # the journal's write buffer (writes straight into the record)
     cdef Py_ssize_t jhint       # size of the last journal record (first allocation guess)
-    cdef dict accounts
-    cdef Table accts            # index of `accounts` by the ids' bytes (see table.pxi)
+    cdef list accounts          # every Account, in creation order (snapshots follow it)
+    cdef Table accts            # the accounts by their ids' bytes (see table.pxi): the lookup
     cdef readonly int64_t retention_ns
     cdef int64_t seq
     cdef int64_t seq_journaled

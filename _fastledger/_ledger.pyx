@@ -52,7 +52,7 @@ cdef class Ledger:
     redo record of what changed; `snapshot` / `from_snapshot` / `replay` rebuild it."""
 
     def __cinit__(self):
-        self.accounts = {}
+        self.accounts = []
         self.ceilings = {}
         table_init(&self.recs, 1024)
         table_init(&self.accts, 64)
@@ -190,7 +190,7 @@ cdef class Ledger:
         return has_rec(self, account_id, grant_id, REC_GRANT)
 
     def account_ids(self):
-        return sorted(self.accounts)
+        return sorted([(<Account>a).aid for a in self.accounts])
 
     def check_invariants(self):
         """Raise LedgerCorrupt if any invariant is broken."""

@@ -9,18 +9,11 @@ cdef inline Account touch(Ledger L, object aid, int64_t now, int* st):
     """Look an account up and let time pass for its lots; None with `st` set on failure."""
     cdef PyObject* p = NULL
     cdef Account a
-    # Only valid ids are keys: an exact str found among them needs no character check. A miss
-    # may still be an account whose id is a str subclass (not indexed): ask the dict.
-    if PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid):
-        p = acct_find(&L.accts, aid)
+    # Only valid ids are indexed: an id found needs no character check.
+    p = acct_get(L, aid)
     if p == NULL:
-        if not valid_id(aid):
-            st[0] = INVALID_ID
-            return None
-        p = PyDict_GetItemWithError(L.accounts, aid)
-        if p == NULL:
-            st[0] = ACCOUNT_NOT_FOUND
-            return None
+        st[0] = ACCOUNT_NOT_FOUND if valid_id(aid) else INVALID_ID
+        return None
     a = <Account>p
     if a.nlots and has_due_lot(a, now):
         expire_due_lots(L, a, now)

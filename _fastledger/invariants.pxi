@@ -63,7 +63,7 @@ cdef int check_invariants(Ledger L) except -1:
         require(total == h.amount, "hold backing: amount == earmarks + overdraft", a)
     require(held_n == L.holds_q.n, "the hold queue has exactly the open holds", None)
     require(purge_n == L.purge_q.n, "the purge queue has exactly the settled records", None)
-    for a in L.accounts.values():
+    for a in L.accounts:
         acc = per.get(a, [0, 0, 0, {}])
         marks = acc[3]
         require(a.open_holds == acc[0], "open_holds count", a)

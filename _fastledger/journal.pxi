@@ -344,7 +344,7 @@ cdef bytes snapshot(Ledger L):
     b.cap = 0
     try:
         put_header(&b, J_SNAPSHOT, L.seq)
-        for a in L.accounts.values():
+        for a in L.accounts:
             put_account(&b, L, a)
             count += 1
             if a.buckets:

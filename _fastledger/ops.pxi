@@ -37,7 +37,7 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
         return (INVALID_ARGUMENT,)
     if unlimited_o is not None and not get_bool(unlimited_o, &unlimited):
         return (INVALID_ARGUMENT,)
-    p = PyDict_GetItemWithError(L.accounts, aid)
+    p = acct_get(L, aid)
     created = p == NULL
     if created:
         if plan_id is None:
@@ -56,7 +56,7 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
     if limit_o is not None:
         set_credit_limit(L, a, limit)
     if holds_o is not None:
-        a.max_open_holds = <int32_t>max_holds
+        a.max_open_holds = <uint16_t>max_holds
     if unlimited_o is not None:
         a.unlimited = unlimited
     mark_acct(L, a, D_CORE)
@@ -64,15 +64,17 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
 
 
 cdef Account new_account(Ledger L, object aid, object plan_id):
+    """A new account with a valid id `aid` (not in the ledger yet)."""
     cdef Account a = Account.__new__(Account)
     cdef uint64_t h = acct_key_hash(id_data(aid), PyUnicode_GET_LENGTH(aid))
+    if not PyUnicode_CheckExact(aid):
+        aid = PyUnicode_FromObject(aid)  # the id's text, not a subclass instance
     a.aid = aid
     a.ahash = <uint32_t>h
     a.plan_id = plan_id
     a.status = ACCOUNT_ACTIVE
-    L.accounts[aid] = a
-    if PyUnicode_CheckExact(aid):
-        acct_index_add(&L.accts, a, h)
+    L.accounts.append(a)
+    acct_index_add(&L.accts, a, h)
     return a
 
 

@@ -102,7 +102,7 @@ cdef int check_links(Ledger L, Links k) except -1:
 
 cdef Account known_account(Ledger L, object aid, set created, bint apply):
     """The account an entry refers to: in the ledger or written earlier in the record."""
-    cdef PyObject* p = PyDict_GetItemWithError(L.accounts, aid)
+    cdef PyObject* p = acct_get(L, aid)
     if p != NULL:
         return <Account>p
     if aid not in created:
@@ -146,14 +146,14 @@ cdef int rd_account(Ledger L, Rd* r, bint apply, Links links) except -1:
             rd_range(r, 0, INT64_MAX, 8)            # expires_ns
             rd_range(r, 1, INT64_MAX, 8)            # seq
         return 0
-    p = PyDict_GetItemWithError(L.accounts, aid)
+    p = acct_get(L, aid)
     a = new_account(L, aid, plan) if p == NULL else <Account>p
     a.plan_id = plan
     a.status = <uint8_t>v[0]
     a.unlimited = <uint8_t>v[1]
     a.flags = <uint8_t>v[2]
-    a.max_open_holds = <int32_t>v[3]
-    a.open_holds = <int32_t>v[4]
+    a.max_open_holds = <uint16_t>v[3]
+    a.open_holds = <uint16_t>v[4]
     a.credit_limit = v[5]
     a.debt = v[6]
     a.consumed = v[7]

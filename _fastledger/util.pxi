@@ -265,6 +265,7 @@ cdef extern from *:
 cdef extern from "Python.h":
     bint PyUnicode_Check(object o)
     bint PyUnicode_CheckExact(object o)
+    object PyUnicode_FromObject(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     bint PyUnicode_IS_ASCII(object o)
     void* PyUnicode_DATA(object o)
@@ -339,7 +340,7 @@ cdef enum:
 
     ID_LEN_MAX = 128
     LOTS_PER_ACCOUNT_MAX = 256
-    HOLDS_PER_ACCOUNT_MAX = 65536
+    HOLDS_PER_ACCOUNT_MAX = 65535  # fits Account.open_holds (uint16)
     BUCKETS_PER_ACCOUNT_MAX = 16
     BUCKETS_PER_OP_MAX = 8
     META_BYTES_MAX = 1024

@@ -3,7 +3,7 @@
 
 
 cdef inline Account lookup(Ledger L, object aid):
-    cdef PyObject* p = PyDict_GetItemWithError(L.accounts, aid)
+    cdef PyObject* p = acct_get(L, aid)
     return None if p == NULL else <Account>p
 
 

@@ -44,6 +44,28 @@ def test_str_subclass_id_is_accepted(d):
     assert d(grant(Id("a"), Id("g1"), 5)) == (C.OK, 5)
 
 
+def test_an_account_id_is_its_text_whatever_the_str_type() -> None:
+    """An account created with a str subclass id is stored under a plain str and found by the
+    same text through either type; a subclass's own __eq__/__hash__ play no part."""
+    import _fastledger
+
+    class Odd(str):
+        def __hash__(self):
+            return 7
+
+        def __eq__(self, other):
+            return False
+
+    led = _fastledger.Ledger()
+    assert led.apply([upsert(Odd("acct-sub"), plan="free")], 10**15) == [(C.OK, True)]
+    assert led.apply([upsert("acct-sub", plan="free")], 10**15) == [(C.OK, False)]  # the same account
+    [aid] = led.account_ids()
+    assert aid == "acct-sub" and type(aid) is str
+    assert led.account_view(Odd("acct-sub"), 10**15) == led.account_view("acct-sub", 10**15)
+    restored = _fastledger.Ledger.from_snapshot(led.snapshot())
+    assert restored.account_ids() == ["acct-sub"]
+
+
 def test_plan_id_is_validated(d):
     assert d(upsert("b", plan="bad plan")) == (C.INVALID_ID,)
     assert d(upsert("b", plan=None)) == (C.PLAN_REQUIRED,)
