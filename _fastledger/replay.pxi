@@ -1,10 +1,19 @@
-# Reading journal records and snapshots back: parse and validate the whole record first (any
-# defect raises ValueError with the ledger untouched), then overwrite state and rebuild the
-# queues of what it names. Nothing replayed is journaled again.
+# Reading journal records and snapshots back. Nothing replayed is journaled again.
+#
+# A journal record is read twice: R_CHECK validates all of it against the ledger (any defect
+# raises ValueError with the ledger untouched), then R_APPLY overwrites state and rebuilds the
+# queues of what it names. A snapshot is read once, R_LOAD, into a new ledger: every check is
+# made as it is read, and a defect raises before the caller ever sees that ledger.
 
 ctypedef struct Rd:
     const char* p
     const char* end
+
+
+cdef enum:
+    R_CHECK = 1
+    R_APPLY = 2
+    R_LOAD = 3
 
 
 cdef inline int need(Rd* r, Py_ssize_t n) except -1:
@@ -37,13 +46,26 @@ cdef inline int64_t rd64(Rd* r) except? -1:
     return fl_get64(r.p - 8)
 
 
-cdef object rdid(Rd* r):
-    cdef uint8_t n = rd8(r)
-    need(r, n)
-    if not valid_id_bytes(r.p, n):
+cdef inline const char* rd_idp(Rd* r, Py_ssize_t* n) except NULL:
+    """A validated id, as its bytes in the record (length in n): no str made."""
+    cdef uint8_t k = rd8(r)
+    need(r, k)
+    if not valid_id_bytes(r.p, k):
         raise ValueError("journal record has a malformed id")
-    r.p += n
-    return PyUnicode_FromStringAndSize(r.p - n, n)
+    r.p += k
+    n[0] = k
+    return r.p - k
+
+
+cdef object rdid(Rd* r):
+    cdef Py_ssize_t n
+    cdef const char* p = rd_idp(r, &n)
+    return PyUnicode_FromStringAndSize(p, n)
+
+
+cdef inline bint same_id(object s, const char* p, Py_ssize_t n) noexcept:
+    """Whether the str s (an id, or None) has exactly these bytes."""
+    return s is not None and PyUnicode_GET_LENGTH(s) == n and memcmp(id_data(s), p, n) == 0
 
 
 cdef inline int64_t rd_range(Rd* r, int64_t lo, int64_t hi, int width) except? -1:
@@ -61,35 +83,54 @@ cdef inline int64_t rd_range(Rd* r, int64_t lo, int64_t hi, int width) except? -
     return v
 
 
-cdef class Links:
-    """What the validating pass saw: accounts written, the grant ids their lots name, grant
-    records written and grant records deleted (keys are (account id, grant id))."""
+cdef class Reader:
+    """One read of a journal record or snapshot (R_CHECK, R_APPLY or R_LOAD)."""
+    cdef Ledger L
+    cdef Rd r
+    cdef int mode
+    cdef object last_aid        # the account id the last entry named...
+    cdef Account last           # ...and its account (R_APPLY, R_LOAD)
+    cdef object plan            # the last plan id read: accounts share a few plans
+    cdef Py_ssize_t pending     # grant records a lot named that no entry has written yet
+    cdef PtrVec orphans         # grant records deleted while a lot still names them
+    # R_CHECK: accounts written, the grant ids their lots name, grant records written and
+    # grant records deleted (keys are (account id, grant id)).
     cdef set created
     cdef dict lots
     cdef set written
     cdef set deleted
 
-    def __cinit__(self):
-        self.created = set()
-        self.lots = {}
-        self.written = set()
-        self.deleted = set()
+    def __cinit__(self, Ledger L, int mode):
+        self.L = L
+        self.mode = mode
+        if mode == R_CHECK:
+            self.created = set()
+            self.lots = {}
+            self.written = set()
+            self.deleted = set()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.orphans.n):             # left over by an error: R_LOAD's ledger is dropped
+            rec_free(<Rec*>self.orphans.a[i])
+        PyMem_Free(self.orphans.a)
 
 
-cdef int check_links(Ledger L, Links k) except -1:
+cdef int check_links(Reader x) except -1:
     """Every lot must keep its grant record: one that exists and is not deleted, or one the
     record writes; and a deleted grant record must not be named by a lot that stays."""
+    cdef Ledger L = x.L
     cdef Account a
     cdef int i
-    for aid, gids in k.lots.items():
+    for aid, gids in x.lots.items():
         for gid in gids:
-            if (aid, gid) in k.written:
+            if (aid, gid) in x.written:
                 continue
             a = lookup(L, aid)
-            if (aid, gid) in k.deleted or a is None or find_rec(L, a, REC_GRANT, gid) == NULL:
+            if (aid, gid) in x.deleted or a is None or find_rec(L, a, REC_GRANT, gid) == NULL:
                 raise ValueError("journal record has a lot without its grant record")
-    for aid, gid in k.deleted:
-        if (aid, gid) in k.written or aid in k.lots:
+    for aid, gid in x.deleted:
+        if (aid, gid) in x.written or aid in x.lots:
             continue                    # re-written, or the account's new lots were checked
         a = lookup(L, aid)
         if a is None:
@@ -100,27 +141,57 @@ cdef int check_links(Ledger L, Links k) except -1:
     return 0
 
 
-cdef Account known_account(Ledger L, object aid, set created, bint apply):
-    """The account an entry refers to: in the ledger or written earlier in the record."""
-    cdef PyObject* p = PyDict_GetItemWithError(L.accounts, aid)
-    if p != NULL:
-        return <Account>p
-    if aid not in created:
+cdef Account rd_acct(Reader x):
+    """The account an entry names: in the ledger or, for R_CHECK, written earlier in the record
+    (then None). Entries often name the account of the entry before: that one is not looked up."""
+    cdef Py_ssize_t n
+    cdef const char* p = rd_idp(&x.r, &n)
+    cdef PyObject* o
+    cdef object aid
+    if same_id(x.last_aid, p, n):
+        return x.last
+    aid = PyUnicode_FromStringAndSize(p, n)
+    o = PyDict_GetItemWithError(x.L.accounts, aid)
+    if o != NULL:
+        x.last = <Account>o
+    elif x.mode == R_CHECK and aid in x.created:
+        x.last = None
+    else:
         raise ValueError("journal record names an unknown account")
-    return None
+    x.last_aid = aid
+    return x.last
 
 
-cdef int rd_account(Ledger L, Rd* r, bint apply, Links links) except -1:
-    cdef set created = links.created
+cdef Idem* lot_grant(Reader x, Account a, const char* gid, Py_ssize_t n) except NULL:
+    """The grant record a lot points at: the one that exists, or a placeholder that an entry
+    later in the record must fill in (R_CHECK made sure of that for R_APPLY; R_LOAD counts them
+    in `pending`). R_LOAD does not look: its accounts are new, so they have no records yet."""
+    cdef uint64_t h = rec_hash(a, REC_GRANT, gid, n)
+    cdef Rec* g = NULL
+    if x.mode != R_LOAD:
+        g = table_find(&x.L.recs, a, REC_GRANT, gid, n, h)
+    if g == NULL:
+        g = rec_new_raw(x.L, a, REC_GRANT, gid, n, h, 0, 0)
+        x.pending += 1
+    return <Idem*>g
+
+
+cdef int rd_account(Reader x) except -1:
+    cdef Rd* r = &x.r
+    cdef Ledger L = x.L
     cdef object aid = rdid(r)
-    cdef object plan = rdid(r)
-    cdef int64_t v[16]
-    cdef int i, j, nlots
-    cdef PyObject* p
+    cdef object plan
+    cdef const char* p
+    cdef Py_ssize_t n
+    cdef int64_t v[14]
+    cdef int64_t old[LOTS_PER_ACCOUNT_MAX]
+    cdef int i, j, nlots, nold = 0
+    cdef PyObject* o
     cdef Account a
     cdef Lot* l
     cdef Idem* g
-    cdef set old_seqs, gids
+    cdef set gids
+    p = rd_idp(r, &n)
     v[0] = rd_range(r, ACCOUNT_ACTIVE, ACCOUNT_SUSPENDED, 1)
     v[1] = rd_range(r, 0, 1, 1)
     v[2] = rd_range(r, 0, AF_OVER, 1)
@@ -130,9 +201,13 @@ cdef int rd_account(Ledger L, Rd* r, bint apply, Links links) except -1:
     for i in range(6, 14):                          # debt .. ovd_held, ceiling
         v[i] = rd_range(r, 0, INT64_MAX, 8)
     nlots = <int>rd_range(r, 0, LOTS_PER_ACCOUNT_MAX, 2)
-    if not apply:
-        created.add(aid)
-        gids = links.lots[aid] = set()
+    x.last_aid = aid
+    if x.mode == R_CHECK:
+        if aid in x.created:
+            raise ValueError("journal record writes an account twice")
+        x.created.add(aid)
+        x.last = None
+        gids = x.lots[aid] = set()
         for i in range(nlots):
             gid = rdid(r)
             if gid in gids:
@@ -146,8 +221,18 @@ cdef int rd_account(Ledger L, Rd* r, bint apply, Links links) except -1:
             rd_range(r, 0, INT64_MAX, 8)            # expires_ns
             rd_range(r, 1, INT64_MAX, 8)            # seq
         return 0
-    p = PyDict_GetItemWithError(L.accounts, aid)
-    a = new_account(L, aid, plan) if p == NULL else <Account>p
+    if same_id(x.plan, p, n):
+        plan = x.plan
+    else:
+        plan = x.plan = PyUnicode_FromStringAndSize(p, n)
+    o = PyDict_GetItemWithError(L.accounts, aid)
+    if o == NULL:
+        a = new_account(L, aid, plan)
+    elif x.mode == R_LOAD:
+        raise ValueError("journal record writes an account twice")
+    else:
+        a = <Account>o
+    x.last = a
     a.plan_id = plan
     a.status = <uint8_t>v[0]
     a.unlimited = <uint8_t>v[1]
@@ -164,37 +249,45 @@ cdef int rd_account(Ledger L, Rd* r, bint apply, Links links) except -1:
     a.ovd_held = v[12]
     if a.flags & AF_OVER:
         L.ceilings[a] = v[13]
-    else:
+    elif L.ceilings:
         L.ceilings.pop(a, None)
-    old_seqs = {a.lots[i].seq for i in range(a.nlots) if not a.lots[i].expired}
+    # Lots already queued for expiry (the lot queue is lazy) are not queued twice.
+    for i in range(a.nlots):
+        if not a.lots[i].expired:
+            old[nold] = a.lots[i].seq
+            nold += 1
     a.nlots = 0
     lots_reserve(a, nlots)
     for i in range(nlots):
-        l = &a.lots[i]
-        lot_id = rdid(r)
-        # Its grant record exists, or comes later in this record (checked by the first pass).
-        g = <Idem*>find_rec(L, a, REC_GRANT, lot_id)
-        if g == NULL:
-            g = <Idem*>new_rec(L, a, REC_GRANT, lot_id, 0, 0)
+        p = rd_idp(r, &n)
+        for j in range(a.nlots):
+            g = a.lots[j].grant
+            if g.r.rlen == n and memcmp(rec_rid(&g.r), p, n) == 0:
+                raise ValueError("journal record has two lots with one id")
+        g = lot_grant(x, a, p, n)
+        l = &a.lots[a.nlots]
         l.grant = g
-        a.nlots += 1
-        l.category = rd8(r)
-        l.expired = rd8(r)
+        l.category = <uint8_t>rd_range(r, LOT_PURCHASED, LOT_ADJUSTMENT, 1)
+        l.expired = <uint8_t>rd_range(r, 0, 1, 1)
         l.priority = rd32(r)
-        l.remaining = rd64(r)
-        l.earmarked = rd64(r)
-        l.expires_ns = rd64(r)
-        l.seq = rd64(r)
-        if l.expires_ns and not l.expired and l.seq not in old_seqs:
-            heap_push(&L.lots_q, l.expires_ns, l.seq, <void*>a)
+        l.remaining = rd_range(r, 1, INT64_MAX, 8)
+        l.earmarked = rd_range(r, 0, INT64_MAX, 8)
+        l.expires_ns = rd_range(r, 0, INT64_MAX, 8)
+        l.seq = rd_range(r, 1, INT64_MAX, 8)
+        a.nlots += 1
+        if l.expires_ns and not l.expired:
+            for j in range(nold):
+                if old[j] == l.seq:
+                    break
+            else:
+                heap_push(&L.lots_q, l.expires_ns, l.seq, <void*>a)
     return 0
 
 
-cdef int rd_buckets(Ledger L, Rd* r, bint apply, Links links) except -1:
-    cdef set created = links.created
-    cdef object aid = rdid(r)
+cdef int rd_buckets(Reader x) except -1:
+    cdef Rd* r = &x.r
+    cdef Account a = rd_acct(x)
     cdef int i, n
-    cdef Account a = known_account(L, aid, created, apply)
     cdef Bucket b
     cdef dict d = {}
     n = <int>rd_range(r, 0, BUCKETS_PER_ACCOUNT_MAX, 1)
@@ -207,17 +300,20 @@ cdef int rd_buckets(Ledger L, Rd* r, bint apply, Links links) except -1:
         b.tokens = rd_range(r, -AMOUNT_MAX, AMOUNT_MAX, 8)
         b.last_ns = rd64(r)
         d[name] = b
-    if apply:
+    if x.mode != R_CHECK:
         a.buckets = d if n else None
     return 0
 
 
-cdef Rec* replace_rec(Ledger L, Account a, uint8_t kind, object rid, int64_t seq, int64_t fp) except NULL:
+cdef Rec* replace_rec(Reader x, Account a, uint8_t kind, const char* rid, Py_ssize_t n,
+                      int64_t seq, int64_t fp) except NULL:
     """The record to overwrite (detached from its queues), or a new one."""
-    cdef Rec* r = find_rec(L, a, kind, rid)
+    cdef Ledger L = x.L
+    cdef uint64_t hk = rec_hash(a, kind, rid, n)
+    cdef Rec* r = table_find(&L.recs, a, kind, rid, n, hk)
     cdef Hold* h
     if r == NULL:
-        return new_rec(L, a, kind, rid, seq, fp)
+        return rec_new_raw(L, a, kind, rid, n, hk, seq, fp)
     if kind == REC_HOLD:
         h = <Hold*>r
         if h.hidx >= 0:
@@ -229,16 +325,19 @@ cdef Rec* replace_rec(Ledger L, Account a, uint8_t kind, object rid, int64_t seq
         h.hidx = -1
     elif (<Idem*>r).pidx >= 0:
         heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
+    elif r.seq == 0:
+        x.pending -= 1              # a lot's placeholder, filled in now
     r.seq = seq
     r.fp = fp
     return r
 
 
-cdef int rd_hold(Ledger L, Rd* r, bint apply, Links links) except -1:
-    cdef set created = links.created
-    cdef object aid = rdid(r)
-    cdef object rid = rdid(r)
-    cdef Account a = known_account(L, aid, created, apply)
+cdef int rd_hold(Reader x) except -1:
+    cdef Rd* r = &x.r
+    cdef Ledger L = x.L
+    cdef Account a = rd_acct(x)
+    cdef Py_ssize_t rlen, mlen
+    cdef const char* rid = rd_idp(r, &rlen)
     cdef int64_t seq = rd_range(r, 1, INT64_MAX, 8)
     cdef int64_t fp = rd64(r)
     cdef int64_t amount = rd_range(r, 0, AMOUNT_MAX, 8)
@@ -249,14 +348,15 @@ cdef int rd_hold(Ledger L, Rd* r, bint apply, Links links) except -1:
     cdef int64_t hflags = rd_range(r, 0, HF_UNBACKED | HF_AUTO, 1)
     cdef int64_t overdraft = rd_range(r, 0, AMOUNT_MAX, 8)
     cdef int nmarks = <int>rd_range(r, 0, LOTS_PER_ACCOUNT_MAX, 2)
-    cdef int i, ntaken, has_aux
-    cdef Py_ssize_t mlen
+    cdef int i, ntaken
+    cdef bint apply = x.mode != R_CHECK
+    cdef int64_t lot_seq, amt
     cdef Hold* h = NULL
-    cdef HoldAux* x
-    cdef object meta
+    cdef HoldAux* aux
+    cdef const char* meta
     cdef dict taken = None
     if apply:
-        h = <Hold*>replace_rec(L, a, REC_HOLD, rid, seq, fp)
+        h = <Hold*>replace_rec(x, a, REC_HOLD, rid, rlen, seq, fp)
         h.amount = amount
         h.expires_ns = expires
         h.avail0 = avail0
@@ -271,7 +371,7 @@ cdef int rd_hold(Ledger L, Rd* r, bint apply, Links links) except -1:
             hold_add_mark(h, lot_seq, amt)
     mlen = rd_range(r, 0, META_BYTES_MAX, 2)
     need(r, mlen)
-    meta = PyBytes_FromStringAndSize(r.p, mlen)
+    meta = r.p
     r.p += mlen
     ntaken = <int>rd_range(r, 0, BUCKETS_PER_OP_MAX, 1)
     if ntaken:
@@ -279,33 +379,32 @@ cdef int rd_hold(Ledger L, Rd* r, bint apply, Links links) except -1:
         for i in range(ntaken):
             name = rdid(r)
             taken[name] = rd_range(r, 0, AMOUNT_MAX, 8)
-    has_aux = <int>rd_range(r, 0, 1, 1)
-    if not has_aux and state != RES_HELD:
-        raise ValueError("journal record has a settled hold without its settlement")
-    if has_aux:
-        if apply:
-            x = hold_aux(h)
-            x.amount0 = rd64(r)
-            x.expires0 = rd64(r)
-            x.commit_fp = rd64(r)
-            x.charged = rd64(r)
-            x.released = rd64(r)
-            x.uncharged = rd64(r)
-            x.avail = rd64(r)
-            x.purge_ns = rd64(r)
-            x.result = rd8(r)
-            x.late = rd8(r)
-            x.has_orig = rd8(r)
-        else:
-            for i in range(8):
-                rd64(r)
-            rd_range(r, AUX_NONE, AUX_RELEASE, 1)
-            rd_range(r, 0, 1, 1)
-            rd_range(r, 0, 1, 1)
+    if not rd_range(r, 0, 1, 1):
+        if state != RES_HELD:
+            raise ValueError("journal record has a settled hold without its settlement")
+    elif apply:
+        aux = hold_aux(h)
+        aux.amount0 = rd64(r)
+        aux.expires0 = rd64(r)
+        aux.commit_fp = rd64(r)
+        aux.charged = rd64(r)
+        aux.released = rd64(r)
+        aux.uncharged = rd64(r)
+        aux.avail = rd64(r)
+        aux.purge_ns = rd64(r)
+        aux.result = <uint8_t>rd_range(r, AUX_NONE, AUX_RELEASE, 1)
+        aux.late = <uint8_t>rd_range(r, 0, 1, 1)
+        aux.has_orig = <uint8_t>rd_range(r, 0, 1, 1)
+    else:
+        need(r, 8 * 8)
+        r.p += 8 * 8
+        rd_range(r, AUX_NONE, AUX_RELEASE, 1)
+        rd_range(r, 0, 1, 1)
+        rd_range(r, 0, 1, 1)
     if not apply:
         return 0
     if mlen or taken is not None:
-        hold_set_extra(h, meta, taken)
+        hold_set_extra(h, PyBytes_FromStringAndSize(meta, mlen), taken)
     if state == RES_HELD:
         heap_push(&L.holds_q, expires, seq, h)
     else:
@@ -313,57 +412,101 @@ cdef int rd_hold(Ledger L, Rd* r, bint apply, Links links) except -1:
     return 0
 
 
-cdef int rd_idem(Ledger L, Rd* r, bint apply, Links links, uint8_t kind) except -1:
-    cdef set created = links.created
-    cdef object aid = rdid(r)
-    cdef object rid = rdid(r)
-    cdef Account a = known_account(L, aid, created, apply)
+cdef int rd_idem(Reader x, uint8_t kind) except -1:
+    cdef Rd* r = &x.r
+    cdef Account a = rd_acct(x)
+    cdef Py_ssize_t rlen
+    cdef const char* rid = rd_idp(r, &rlen)
     cdef int64_t seq = rd_range(r, 1, INT64_MAX, 8)
     cdef int64_t fp = rd64(r)
     cdef int64_t amount = rd_range(r, 0, AMOUNT_MAX, 8)
     cdef int64_t avail = rd64(r)
     cdef int64_t purge_ns = rd64(r)
     cdef Idem* g
-    if not apply:
+    if x.mode == R_CHECK:
         if kind == REC_GRANT:
-            links.written.add((aid, rid))
+            x.written.add((x.last_aid, PyUnicode_FromStringAndSize(rid, rlen)))
         return 0
-    g = <Idem*>replace_rec(L, a, kind, rid, seq, fp)
+    g = <Idem*>replace_rec(x, a, kind, rid, rlen, seq, fp)
     g.amount = amount
     g.avail = avail
     g.purge_ns = purge_ns
-    heap_push(&L.purge_q, purge_ns, seq, g)
+    heap_push(&x.L.purge_q, purge_ns, seq, g)
     return 0
 
 
-cdef int rd_delete(Ledger L, Rd* r, bint apply, Links links) except -1:
-    cdef set created = links.created
+cdef inline bint lot_names(Account a, Rec* g) noexcept:
+    cdef int i
+    for i in range(a.nlots):
+        if &a.lots[i].grant.r == g:
+            return True
+    return False
+
+
+cdef int rd_delete(Reader x) except -1:
+    cdef Rd* r = &x.r
+    cdef Ledger L = x.L
     cdef uint8_t kind = <uint8_t>rd_range(r, REC_HOLD, REC_GRANT, 1)
-    cdef object aid = rdid(r)
-    cdef object rid = rdid(r)
-    cdef Account a = known_account(L, aid, created, apply)
+    cdef Account a = rd_acct(x)
+    cdef Py_ssize_t rlen
+    cdef const char* rid = rd_idp(r, &rlen)
     cdef Rec* rec
-    if not apply:
+    if x.mode == R_CHECK:
         if kind == REC_GRANT:
-            links.deleted.add((aid, rid))
-            links.written.discard((aid, rid))
+            key = (x.last_aid, PyUnicode_FromStringAndSize(rid, rlen))
+            x.deleted.add(key)
+            x.written.discard(key)
         return 0
-    rec = find_rec(L, a, kind, rid)
+    rec = table_find(&L.recs, a, kind, rid, rlen, rec_hash(a, kind, rid, rlen))
     if rec == NULL:
         return 0
+    if rec.seq == 0:
+        x.pending -= 1              # a lot's placeholder
     rec_detach(L, rec)
-    if rec.flags & RF_DIRTY:
-        rec.flags |= RF_DEAD      # still listed for the journal: freed when that is taken
+    if kind == REC_GRANT and lot_names(a, rec):
+        # Re-written later in the record: the lot is pointed at that record when done.
+        vec_push(&x.orphans, rec)
+    elif rec.flags & RF_DIRTY:
+        rec.flags |= RF_DEAD        # still listed for the journal: freed when that is taken
     else:
         rec_free(rec)
     return 0
 
 
-cdef int parse(Ledger L, const char* data, Py_ssize_t n, int kind, bint apply) except -1:
-    cdef Rd r
+cdef int relink_orphans(Reader x) except -1:
+    """Point the lots that still name a deleted grant record at the one written after it."""
+    cdef Rec* o
+    cdef Rec* g
+    cdef Account a
+    cdef int i
+    while x.orphans.n:
+        o = <Rec*>x.orphans.a[x.orphans.n - 1]
+        a = <Account>o.acct
+        g = NULL
+        for i in range(a.nlots):
+            if &a.lots[i].grant.r != o:
+                continue
+            if g == NULL:
+                g = table_find(&x.L.recs, a, REC_GRANT, rec_rid(o), o.rlen,
+                               rec_hash(a, REC_GRANT, rec_rid(o), o.rlen))
+                if g == NULL:
+                    raise ValueError("journal record deletes the grant record of a live lot")
+            a.lots[i].grant = <Idem*>g
+        x.orphans.n -= 1
+        if o.flags & RF_DIRTY:
+            o.flags |= RF_DEAD
+        else:
+            rec_free(o)
+    return 0
+
+
+cdef int parse(Reader x, const char* data, Py_ssize_t n, int kind) except -1:
+    cdef Ledger L = x.L
+    cdef Rd* r = &x.r
     cdef uint32_t count, i
     cdef uint8_t tag
-    cdef Links links = Links()
+    cdef Py_ssize_t left
+    cdef bint sized = x.mode != R_LOAD
     if n < J_HEADER + J_TRAILER:
         raise ValueError("journal record truncated")
     if memcmp(data, J_MAGIC, 4) != 0 or data[4] != J_VERSION:
@@ -379,35 +522,46 @@ cdef int parse(Ledger L, const char* data, Py_ssize_t n, int kind, bint apply) e
     r.p = data + J_HEADER
     r.end = data + n - J_TRAILER
     for i in range(count):
-        tag = rd8(&r)
+        tag = rd8(r)
+        if tag >= T_HOLD and not sized:
+            # A snapshot lists its accounts first: the rest are records, plus room for the
+            # journal tail that is replayed next.
+            # (An entry takes at least 6 bytes: a forged count cannot make the table huge.)
+            left = min(<Py_ssize_t>(count - i), (r.end - r.p) // 6 + 1)
+            table_reserve(&L.recs, L.recs.n + left + left // 4)
+            sized = True
         if tag == T_ACCOUNT:
-            rd_account(L, &r, apply, links)
+            rd_account(x)
         elif tag == T_BUCKETS:
-            rd_buckets(L, &r, apply, links)
+            rd_buckets(x)
         elif tag == T_HOLD:
-            rd_hold(L, &r, apply, links)
+            rd_hold(x)
         elif tag == T_CHARGE:
-            rd_idem(L, &r, apply, links, REC_CHARGE)
+            rd_idem(x, REC_CHARGE)
         elif tag == T_GRANT:
-            rd_idem(L, &r, apply, links, REC_GRANT)
+            rd_idem(x, REC_GRANT)
         elif tag == T_DELETE:
-            rd_delete(L, &r, apply, links)
+            rd_delete(x)
         else:
             raise ValueError("journal record has an unknown entry")
     if r.p != r.end:
         raise ValueError("journal record has trailing bytes")
-    if not apply:
-        check_links(L, links)
-    if apply:
-        L.seq = fl_get64(data + 8)
-        L.seq_journaled = L.seq
+    if x.mode == R_CHECK:
+        return check_links(x)
+    relink_orphans(x)
+    if x.pending:
+        raise ValueError("journal record has a lot without its grant record")
+    L.seq = fl_get64(data + 8)
+    L.seq_journaled = L.seq
     return 0
 
 
 cdef int replay(Ledger L, object record, int kind) except -1:
+    """A journal record (checked, then applied) or a snapshot (loaded into the new ledger L)."""
     if not isinstance(record, (bytes, bytearray, memoryview)):
         raise TypeError("a journal record is bytes")
     data = bytes(record)
-    parse(L, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind, False)
-    parse(L, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind, True)
-    return 0
+    if kind == J_SNAPSHOT:
+        return parse(Reader(L, R_LOAD), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)
+    parse(Reader(L, R_CHECK), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)
+    return parse(Reader(L, R_APPLY), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)

@@ -67,11 +67,11 @@ cdef inline void table_place(Table* t, uint64_t s) noexcept:
     t.slots[i] = s
 
 
-cdef int table_grow(Table* t) except -1:
+cdef int table_resize(Table* t, size_t cap) except -1:
     cdef uint64_t* old = t.slots
     cdef size_t old_cap = t.mask + 1
     cdef size_t i, n = t.n
-    table_init(t, old_cap * 2)
+    table_init(t, cap)
     for i in range(old_cap):
         if old[i] != 0:
             table_place(t, old[i])
@@ -80,12 +80,22 @@ cdef int table_grow(Table* t) except -1:
     return 0
 
 
+cdef int table_reserve(Table* t, size_t n) except -1:
+    """Room for n records in all without growing on the way (from_snapshot sizes the table)."""
+    cdef size_t cap = t.mask + 1
+    while n * 4 > cap * 3:
+        cap *= 2
+    if cap > t.mask + 1:
+        table_resize(t, cap)
+    return 0
+
+
 cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
     """Insert a record whose key is not in the table."""
     if (<uint64_t>r) & ~PTR_MASK:
         raise SystemError("a record address does not fit in 48 bits")
     if (t.n + 1) * 4 > (t.mask + 1) * 3:
-        table_grow(t)
+        table_resize(t, (t.mask + 1) * 2)
     table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
     t.n += 1
     return 0
@@ -111,15 +121,19 @@ cdef void table_remove(Table* t, Rec* r) noexcept:
     t.n -= 1
 
 
-cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int64_t seq,
-                  int64_t fp) except NULL:
-    cdef Py_ssize_t rlen = PyUnicode_GET_LENGTH(rid)
+cdef inline Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int64_t seq,
+                         int64_t fp) except NULL:
+    return rec_new_raw(L, a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid), h, seq, fp)
+
+
+cdef Rec* rec_new_raw(Ledger L, Account a, uint8_t kind, const char* rid, Py_ssize_t rlen, uint64_t h,
+                      int64_t seq, int64_t fp) except NULL:
     cdef size_t size = rec_size(kind)
     cdef Rec* r = <Rec*>PyMem_Malloc(size + rlen)
     if r == NULL:
         raise MemoryError()
     memset(r, 0, size)
-    memcpy((<char*>r) + size, id_data(rid), rlen)
+    memcpy((<char*>r) + size, rid, rlen)
     r.hash = <uint32_t>h
     r.kind = kind
     r.rlen = <uint16_t>rlen

@@ -276,6 +276,36 @@ def test_a_lot_always_keeps_its_grant_record():
     assert target.snapshot() == before
 
 
+def test_a_grant_id_used_again_in_one_record_keeps_its_lot_on_the_new_record():
+    """One record deletes a grant record (purged: its lot was used up) and writes a new one with
+    the same id, other records allocated in between: the replayed lot names the new record."""
+    led = fresh()
+    led.apply([upsert("a", credit_limit=1000), grant("a", "g1", 100), charge("a", "c1", 100)], 0)
+    target = fresh()
+    target.replay(led.take_journal())
+    led.apply([(C.OP_EXPIRE, 10), charge("a", "c8", 5), charge("a", "c9", 5), grant("a", "g1", 50, fp=2)],
+              RETENTION + 10)
+    target.replay(led.take_journal())
+    target.check_invariants()
+    assert target.lots_view("a", RETENTION + 10) == led.lots_view("a", RETENTION + 10)
+    assert target.snapshot() == led.snapshot()
+
+
+def test_an_account_written_twice_in_one_record_is_refused():
+    led = fresh()
+    led.apply([upsert("a"), grant("a", "g1", 100)], 0)
+    record = led.take_journal()
+    account = record[16:record.index(b"\x05\x01a")]     # up to the grant entry
+    body = record[16:-12]
+    for kind, target in ((1, fresh()), (2, None)):
+        twice = _record(account + body, 3, seq=2, kind=kind)
+        with pytest.raises(ValueError, match="twice"):
+            if target is None:
+                _fastledger.Ledger.from_snapshot(twice, retention_ns=RETENTION)
+            else:
+                target.replay(twice)
+
+
 # Offsets in the snapshot of: upsert "a" (plan "free") + grant "g1" 100 (see _fastledger/README.md).
 ACCOUNT_FIELD = {"open_holds": (31, "<i"), "debt": (43, "<q"), "granted": (67, "<q"), "held": (83, "<q")}
 LOT_FIELD = {"remaining": (118, "<q"), "earmarked": (126, "<q")}
