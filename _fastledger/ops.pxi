@@ -66,7 +66,7 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
 cdef Account new_account(Ledger L, object aid, object plan_id):
     cdef Account a = Account.__new__(Account)
     a.aid = aid
-    a.ahash = <uint32_t>fl_hash(id_data(aid), PyUnicode_GET_LENGTH(aid), 0x51ed27)
+    a.ahash = acct_hash(id_data(aid), PyUnicode_GET_LENGTH(aid))
     a.plan_id = plan_id
     a.status = ACCOUNT_ACTIVE
     L.accounts[aid] = a

@@ -141,11 +141,9 @@ cdef int check_links(Reader x) except -1:
     return 0
 
 
-cdef Account rd_acct(Reader x):
+cdef Account acct_of(Reader x, const char* p, Py_ssize_t n):
     """The account an entry names: in the ledger or, for R_CHECK, written earlier in the record
     (then None). Entries often name the account of the entry before: that one is not looked up."""
-    cdef Py_ssize_t n
-    cdef const char* p = rd_idp(&x.r, &n)
     cdef PyObject* o
     cdef object aid
     if same_id(x.last_aid, p, n):
@@ -286,7 +284,9 @@ cdef int rd_account(Reader x) except -1:
 
 cdef int rd_buckets(Reader x) except -1:
     cdef Rd* r = &x.r
-    cdef Account a = rd_acct(x)
+    cdef Py_ssize_t alen
+    cdef const char* aid = rd_idp(r, &alen)
+    cdef Account a = acct_of(x, aid, alen)
     cdef int i, n
     cdef Bucket b
     cdef dict d = {}
@@ -335,9 +335,10 @@ cdef Rec* replace_rec(Reader x, Account a, uint8_t kind, const char* rid, Py_ssi
 cdef int rd_hold(Reader x) except -1:
     cdef Rd* r = &x.r
     cdef Ledger L = x.L
-    cdef Account a = rd_acct(x)
-    cdef Py_ssize_t rlen, mlen
+    cdef Py_ssize_t alen, rlen, mlen
+    cdef const char* aid = rd_idp(r, &alen)
     cdef const char* rid = rd_idp(r, &rlen)
+    cdef Account a = acct_of(x, aid, alen)
     cdef int64_t seq = rd_range(r, 1, INT64_MAX, 8)
     cdef int64_t fp = rd64(r)
     cdef int64_t amount = rd_range(r, 0, AMOUNT_MAX, 8)
@@ -414,23 +415,31 @@ cdef int rd_hold(Reader x) except -1:
 
 cdef int rd_idem(Reader x, uint8_t kind) except -1:
     cdef Rd* r = &x.r
-    cdef Account a = rd_acct(x)
-    cdef Py_ssize_t rlen
+    cdef Py_ssize_t alen, rlen
+    cdef const char* aid = rd_idp(r, &alen)
     cdef const char* rid = rd_idp(r, &rlen)
     cdef int64_t seq = rd_range(r, 1, INT64_MAX, 8)
     cdef int64_t fp = rd64(r)
     cdef int64_t amount = rd_range(r, 0, AMOUNT_MAX, 8)
     cdef int64_t avail = rd64(r)
     cdef int64_t purge_ns = rd64(r)
-    cdef Idem* g
+    cdef Account a
+    cdef Rec* g
+    if x.mode == R_LOAD and kind == REC_GRANT and not same_id(x.last_aid, aid, alen):
+        # Its lot's placeholder knows the account: no lookup of the account by id.
+        g = table_find_ids(&x.L.recs, REC_GRANT, aid, alen, rid, rlen)
+        if g != NULL:
+            x.last = <Account>g.acct
+            x.last_aid = x.last.aid
+    a = acct_of(x, aid, alen)
     if x.mode == R_CHECK:
         if kind == REC_GRANT:
             x.written.add((x.last_aid, PyUnicode_FromStringAndSize(rid, rlen)))
         return 0
-    g = <Idem*>replace_rec(x, a, kind, rid, rlen, seq, fp)
-    g.amount = amount
-    g.avail = avail
-    g.purge_ns = purge_ns
+    g = replace_rec(x, a, kind, rid, rlen, seq, fp)
+    (<Idem*>g).amount = amount
+    (<Idem*>g).avail = avail
+    (<Idem*>g).purge_ns = purge_ns
     heap_push(&x.L.purge_q, purge_ns, seq, g)
     return 0
 
@@ -447,9 +456,10 @@ cdef int rd_delete(Reader x) except -1:
     cdef Rd* r = &x.r
     cdef Ledger L = x.L
     cdef uint8_t kind = <uint8_t>rd_range(r, REC_HOLD, REC_GRANT, 1)
-    cdef Account a = rd_acct(x)
-    cdef Py_ssize_t rlen
+    cdef Py_ssize_t alen, rlen
+    cdef const char* aid = rd_idp(r, &alen)
     cdef const char* rid = rd_idp(r, &rlen)
+    cdef Account a = acct_of(x, aid, alen)
     cdef Rec* rec
     if x.mode == R_CHECK:
         if kind == REC_GRANT:

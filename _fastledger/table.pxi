@@ -23,9 +23,17 @@ cdef inline object rec_rid_str(Rec* r):
     return PyUnicode_FromStringAndSize(rec_rid(r), r.rlen)
 
 
-cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
-    cdef uint64_t ah = a.ahash      # <uint32_t>fl_hash(aid bytes, 0x51ed27), cached by new_account
+cdef inline uint32_t acct_hash(const char* aid, Py_ssize_t n) noexcept nogil:
+    """The account's part of rec_hash (new_account caches it as Account.ahash)."""
+    return <uint32_t>fl_hash(aid, <size_t>n, 0x51ed27)
+
+
+cdef inline uint64_t rec_hash_ah(uint64_t ah, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept nogil:
     return fl_hash(rid, <size_t>rlen, (ah << 8) ^ kind)
+
+
+cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
+    return rec_hash_ah(a.ahash, kind, rid, rlen)
 
 
 cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
@@ -57,6 +65,28 @@ cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssiz
             if (r.acct == <PyObject*>a and r.kind == kind and r.rlen == rlen
                     and memcmp(rec_rid(r), rid, rlen) == 0):
                 return r
+        i = (i + 1) & t.mask
+
+
+cdef Rec* table_find_ids(Table* t, uint8_t kind, const char* aid, Py_ssize_t alen, const char* rid,
+                         Py_ssize_t rlen) noexcept:
+    """table_find by the account's id instead of the account object (from_snapshot: no lookup)."""
+    cdef uint64_t h = rec_hash_ah(acct_hash(aid, alen), kind, rid, rlen)
+    cdef size_t i = h & t.mask
+    cdef uint64_t tag = h >> 48
+    cdef uint64_t s
+    cdef Rec* r
+    cdef object owner
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            return NULL
+        if (s >> 48) == tag:
+            r = slot_rec(s)
+            if r.kind == kind and r.rlen == rlen and memcmp(rec_rid(r), rid, rlen) == 0:
+                owner = (<Account>r.acct).aid
+                if PyUnicode_GET_LENGTH(owner) == alen and memcmp(id_data(owner), aid, alen) == 0:
+                    return r
         i = (i + 1) & t.mask
 
 
