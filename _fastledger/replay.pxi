@@ -515,8 +515,7 @@ cdef int parse(Reader x, const char* data, Py_ssize_t n, int kind) except -1:
     cdef Rd* r = &x.r
     cdef uint32_t count, i
     cdef uint8_t tag
-    cdef Py_ssize_t left
-    cdef bint sized = x.mode != R_LOAD
+    cdef Py_ssize_t most
     if n < J_HEADER + J_TRAILER:
         raise ValueError("journal record truncated")
     if memcmp(data, J_MAGIC, 4) != 0 or data[4] != J_VERSION:
@@ -531,15 +530,13 @@ cdef int parse(Reader x, const char* data, Py_ssize_t n, int kind) except -1:
     count = <uint32_t>fl_get32(data + n - 12)
     r.p = data + J_HEADER
     r.end = data + n - J_TRAILER
+    if x.mode == R_LOAD:
+        # Fewer records than entries (and an entry takes 6 bytes or more: a forged count cannot
+        # make the table huge), plus room for the journal tail replayed next.
+        most = min(<Py_ssize_t>count, (r.end - r.p) // 6)
+        table_reserve(&L.recs, most + most // 4)
     for i in range(count):
         tag = rd8(r)
-        if tag >= T_HOLD and not sized:
-            # A snapshot lists its accounts first: the rest are records, plus room for the
-            # journal tail that is replayed next.
-            # (An entry takes at least 6 bytes: a forged count cannot make the table huge.)
-            left = min(<Py_ssize_t>(count - i), (r.end - r.p) // 6 + 1)
-            table_reserve(&L.recs, L.recs.n + left + left // 4)
-            sized = True
         if tag == T_ACCOUNT:
             rd_account(x)
         elif tag == T_BUCKETS:
