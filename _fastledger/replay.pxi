@@ -1,9 +1,10 @@
 # Reading journal records and snapshots back. Nothing replayed is journaled again.
 #
 # A journal record is read twice: R_CHECK validates all of it against the ledger (any defect
-# raises ValueError with the ledger untouched), then R_APPLY overwrites state and rebuilds the
-# queues of what it names. A snapshot is read once, R_LOAD, into a new ledger: every check is
-# made as it is read, and a defect raises before the caller ever sees that ledger.
+# raises ValueError with the ledger untouched) and notes the account each entry names, then
+# R_APPLY overwrites state and rebuilds the queues of what it names. A snapshot is read once,
+# R_LOAD, into a new ledger: every check is made as it is read, and a defect raises before the
+# caller ever sees that ledger.
 
 ctypedef struct Rd:
     const char* p
@@ -84,36 +85,38 @@ cdef inline int64_t rd_range(Rd* r, int64_t lo, int64_t hi, int width) except? -
 
 
 cdef class Reader:
-    """One read of a journal record or snapshot (R_CHECK, R_APPLY or R_LOAD)."""
+    """One read of a journal record (R_CHECK, then R_APPLY) or of a snapshot (R_LOAD)."""
     cdef Ledger L
     cdef Rd r
     cdef int mode
     cdef object last_aid        # the account id the last entry named...
-    cdef Account last           # ...and its account (R_APPLY, R_LOAD)
+    cdef Account last           # ...and its account (None in R_CHECK if the record creates it)
     cdef object plan            # the last plan id read: accounts share a few plans
     cdef Py_ssize_t pending     # grant records a lot named that no entry has written yet
     cdef PtrVec orphans         # grant records deleted while a lot still names them
-    # R_CHECK: accounts written, the grant ids their lots name, grant records written and
-    # grant records deleted (keys are (account id, grant id)).
-    cdef set created
-    cdef dict lots
+    # R_CHECK notes the account of each entry in order (NULL: one the record creates), for
+    # R_APPLY to take without a lookup (k: the next one).
+    cdef PtrVec accts
+    cdef Py_ssize_t k
+    # R_CHECK: ids of the accounts written; grant records the written lots keep; the lots whose
+    # grant record is not in the ledger, grant records written and grant records deleted (keys
+    # are (account id, grant id)).
+    cdef set acct_ids
+    cdef PtrVec kept
+    cdef set needed
     cdef set written
     cdef set deleted
 
-    def __cinit__(self, Ledger L, int mode):
+    def __cinit__(self, Ledger L):
         self.L = L
-        self.mode = mode
-        if mode == R_CHECK:
-            self.created = set()
-            self.lots = {}
-            self.written = set()
-            self.deleted = set()
 
     def __dealloc__(self):
         cdef Py_ssize_t i
         for i in range(self.orphans.n):             # left over by an error: R_LOAD's ledger is dropped
             rec_free(<Rec*>self.orphans.a[i])
         PyMem_Free(self.orphans.a)
+        PyMem_Free(self.accts.a)
+        PyMem_Free(self.kept.a)
 
 
 cdef int check_links(Reader x) except -1:
@@ -121,23 +124,25 @@ cdef int check_links(Reader x) except -1:
     record writes; and a deleted grant record must not be named by a lot that stays."""
     cdef Ledger L = x.L
     cdef Account a
-    cdef int i
-    for aid, gids in x.lots.items():
-        for gid in gids:
-            if (aid, gid) in x.written:
-                continue
-            a = lookup(L, aid)
-            if (aid, gid) in x.deleted or a is None or find_rec(L, a, REC_GRANT, gid) == NULL:
-                raise ValueError("journal record has a lot without its grant record")
+    cdef Rec* d
+    cdef Py_ssize_t i
+    for key in x.needed:
+        if key not in x.written:
+            raise ValueError("journal record has a lot without its grant record")
     for aid, gid in x.deleted:
-        if (aid, gid) in x.written or aid in x.lots:
-            continue                    # re-written, or the account's new lots were checked
-        a = lookup(L, aid)
-        if a is None:
+        if (aid, gid) in x.written:
             continue
-        for i in range(a.nlots):
-            if rec_rid_str(&a.lots[i].grant.r) == gid:
-                raise ValueError("journal record deletes the grant record of a live lot")
+        a = lookup(L, aid)
+        d = NULL if a is None else find_rec(L, a, REC_GRANT, gid)
+        if d == NULL:
+            continue                    # nothing to delete: a lot naming it is in `needed`
+        for i in range(x.kept.n):
+            if x.kept.a[i] == <void*>d:
+                raise ValueError("journal record has a lot without its grant record")
+        if aid not in x.acct_ids:
+            for i in range(a.nlots):
+                if &a.lots[i].grant.r == d:
+                    raise ValueError("journal record deletes the grant record of a live lot")
     return 0
 
 
@@ -152,12 +157,67 @@ cdef Account acct_of(Reader x, const char* p, Py_ssize_t n):
     o = PyDict_GetItemWithError(x.L.accounts, aid)
     if o != NULL:
         x.last = <Account>o
-    elif x.mode == R_CHECK and aid in x.created:
+    elif x.mode == R_CHECK and aid in x.acct_ids:
         x.last = None
     else:
         raise ValueError("journal record names an unknown account")
     x.last_aid = aid
     return x.last
+
+
+cdef Account entry_acct(Reader x, const char* p, Py_ssize_t n):
+    """The account a record entry names (R_APPLY takes what R_CHECK found)."""
+    cdef void* noted
+    cdef Account a
+    if x.mode == R_APPLY:
+        noted = x.accts.a[x.k]
+        x.k += 1
+        return acct_of(x, p, n) if noted == NULL else <Account>noted
+    a = acct_of(x, p, n)
+    if x.mode == R_CHECK:
+        vec_push(&x.accts, NULL if a is None else <void*>a)
+    return a
+
+
+cdef int check_account(Reader x, const char* p, Py_ssize_t n, int nlots) except -1:
+    """R_CHECK of an account entry: note the account, and check its lots."""
+    cdef Rd* r = &x.r
+    cdef object aid = PyUnicode_FromStringAndSize(p, n)
+    cdef PyObject* o = PyDict_GetItemWithError(x.L.accounts, aid)
+    cdef Account a = None if o == NULL else <Account>o
+    cdef const char* gid
+    cdef const char* ids[LOTS_PER_ACCOUNT_MAX]
+    cdef Py_ssize_t glen
+    cdef Py_ssize_t lens[LOTS_PER_ACCOUNT_MAX]
+    cdef Rec* g
+    cdef int i, j
+    if aid in x.acct_ids:
+        raise ValueError("journal record writes an account twice")
+    x.acct_ids.add(aid)
+    vec_push(&x.accts, <void*>o)
+    x.last_aid = aid
+    x.last = a
+    for i in range(nlots):
+        gid = rd_idp(r, &glen)
+        for j in range(i):
+            if lens[j] == glen and memcmp(ids[j], gid, glen) == 0:
+                raise ValueError("journal record has two lots with one id")
+        ids[i] = gid
+        lens[i] = glen
+        rd_range(r, LOT_PURCHASED, LOT_ADJUSTMENT, 1)
+        rd_range(r, 0, 1, 1)
+        rd32(r)
+        rd_range(r, 1, INT64_MAX, 8)            # remaining
+        rd_range(r, 0, INT64_MAX, 8)            # earmarked
+        rd_range(r, 0, INT64_MAX, 8)            # expires_ns
+        rd_range(r, 1, INT64_MAX, 8)            # seq
+        g = NULL if a is None else table_find(&x.L.recs, a, REC_GRANT, gid, glen,
+                                              rec_hash(a, REC_GRANT, gid, glen))
+        if g != NULL:
+            vec_push(&x.kept, g)
+        else:
+            x.needed.add((aid, PyUnicode_FromStringAndSize(gid, glen)))
+    return 0
 
 
 cdef Idem* lot_grant(Reader x, Account a, const char* gid, Py_ssize_t n) except NULL:
@@ -177,18 +237,18 @@ cdef Idem* lot_grant(Reader x, Account a, const char* gid, Py_ssize_t n) except 
 cdef int rd_account(Reader x) except -1:
     cdef Rd* r = &x.r
     cdef Ledger L = x.L
-    cdef object aid = rdid(r)
-    cdef object plan
+    cdef object aid, plan
+    cdef const char* ap
     cdef const char* p
-    cdef Py_ssize_t n
+    cdef Py_ssize_t an, n
     cdef int64_t v[14]
     cdef int64_t old[LOTS_PER_ACCOUNT_MAX]
     cdef int i, j, nlots, nold = 0
-    cdef PyObject* o
-    cdef Account a
+    cdef void* noted = NULL
+    cdef Account a = None
     cdef Lot* l
     cdef Idem* g
-    cdef set gids
+    ap = rd_idp(r, &an)
     p = rd_idp(r, &n)
     v[0] = rd_range(r, ACCOUNT_ACTIVE, ACCOUNT_SUSPENDED, 1)
     v[1] = rd_range(r, 0, 1, 1)
@@ -199,37 +259,25 @@ cdef int rd_account(Reader x) except -1:
     for i in range(6, 14):                          # debt .. ovd_held, ceiling
         v[i] = rd_range(r, 0, INT64_MAX, 8)
     nlots = <int>rd_range(r, 0, LOTS_PER_ACCOUNT_MAX, 2)
-    x.last_aid = aid
     if x.mode == R_CHECK:
-        if aid in x.created:
-            raise ValueError("journal record writes an account twice")
-        x.created.add(aid)
-        x.last = None
-        gids = x.lots[aid] = set()
-        for i in range(nlots):
-            gid = rdid(r)
-            if gid in gids:
-                raise ValueError("journal record has two lots with one id")
-            gids.add(gid)
-            rd_range(r, LOT_PURCHASED, LOT_ADJUSTMENT, 1)
-            rd_range(r, 0, 1, 1)
-            rd32(r)
-            rd_range(r, 1, INT64_MAX, 8)            # remaining
-            rd_range(r, 0, INT64_MAX, 8)            # earmarked
-            rd_range(r, 0, INT64_MAX, 8)            # expires_ns
-            rd_range(r, 1, INT64_MAX, 8)            # seq
-        return 0
-    if same_id(x.plan, p, n):
+        return check_account(x, ap, an, nlots)
+    if x.mode == R_APPLY:
+        noted = x.accts.a[x.k]
+        x.k += 1
+    if noted != NULL:
+        a = <Account>noted
+    if a is not None and same_id(a.plan_id, p, n):
+        plan = a.plan_id
+    elif same_id(x.plan, p, n):
         plan = x.plan
     else:
         plan = x.plan = PyUnicode_FromStringAndSize(p, n)
-    o = PyDict_GetItemWithError(L.accounts, aid)
-    if o == NULL:
+    if a is None:
+        aid = PyUnicode_FromStringAndSize(ap, an)
+        if PyDict_GetItemWithError(L.accounts, aid) != NULL:
+            raise ValueError("journal record writes an account twice")     # R_LOAD
         a = new_account(L, aid, plan)
-    elif x.mode == R_LOAD:
-        raise ValueError("journal record writes an account twice")
-    else:
-        a = <Account>o
+    x.last_aid = a.aid
     x.last = a
     a.plan_id = plan
     a.status = <uint8_t>v[0]
@@ -286,7 +334,7 @@ cdef int rd_buckets(Reader x) except -1:
     cdef Rd* r = &x.r
     cdef Py_ssize_t alen
     cdef const char* aid = rd_idp(r, &alen)
-    cdef Account a = acct_of(x, aid, alen)
+    cdef Account a = entry_acct(x, aid, alen)
     cdef int i, n
     cdef Bucket b
     cdef dict d = {}
@@ -338,7 +386,7 @@ cdef int rd_hold(Reader x) except -1:
     cdef Py_ssize_t alen, rlen, mlen
     cdef const char* aid = rd_idp(r, &alen)
     cdef const char* rid = rd_idp(r, &rlen)
-    cdef Account a = acct_of(x, aid, alen)
+    cdef Account a = entry_acct(x, aid, alen)
     cdef int64_t seq = rd_range(r, 1, INT64_MAX, 8)
     cdef int64_t fp = rd64(r)
     cdef int64_t amount = rd_range(r, 0, AMOUNT_MAX, 8)
@@ -431,7 +479,7 @@ cdef int rd_idem(Reader x, uint8_t kind) except -1:
         if g != NULL:
             x.last = <Account>g.acct
             x.last_aid = x.last.aid
-    a = acct_of(x, aid, alen)
+    a = entry_acct(x, aid, alen)
     if x.mode == R_CHECK:
         if kind == REC_GRANT:
             x.written.add((x.last_aid, PyUnicode_FromStringAndSize(rid, rlen)))
@@ -459,7 +507,7 @@ cdef int rd_delete(Reader x) except -1:
     cdef Py_ssize_t alen, rlen
     cdef const char* aid = rd_idp(r, &alen)
     cdef const char* rid = rd_idp(r, &rlen)
-    cdef Account a = acct_of(x, aid, alen)
+    cdef Account a = entry_acct(x, aid, alen)
     cdef Rec* rec
     if x.mode == R_CHECK:
         if kind == REC_GRANT:
@@ -510,27 +558,37 @@ cdef int relink_orphans(Reader x) except -1:
     return 0
 
 
-cdef int parse(Reader x, const char* data, Py_ssize_t n, int kind) except -1:
+cdef int parse(Reader x, const char* data, Py_ssize_t n, int kind, int mode) except -1:
     cdef Ledger L = x.L
     cdef Rd* r = &x.r
     cdef uint32_t count, i
     cdef uint8_t tag
     cdef Py_ssize_t most
-    if n < J_HEADER + J_TRAILER:
-        raise ValueError("journal record truncated")
-    if memcmp(data, J_MAGIC, 4) != 0 or data[4] != J_VERSION:
-        raise ValueError("not a journal record of version 1")
-    if data[5] != kind:
-        raise ValueError("a snapshot where a journal record was expected, or the reverse")
-    if <uint64_t>fl_get64(data + n - 8) != fl_checksum(data, n - 8):
-        raise ValueError("journal record checksum mismatch")
-    if kind == J_JOURNAL and fl_get64(data + 8) < L.seq:
-        # The ledger's seq only grows: an older record would silently roll state back.
-        raise ValueError("journal record is older than the ledger's state")
+    x.mode = mode
+    x.k = 0
+    x.last_aid = None
+    x.last = None
+    if mode == R_CHECK:
+        x.acct_ids = set()
+        x.needed = set()
+        x.written = set()
+        x.deleted = set()
+    if mode != R_APPLY:                 # (R_APPLY reads what R_CHECK has checked)
+        if n < J_HEADER + J_TRAILER:
+            raise ValueError("journal record truncated")
+        if memcmp(data, J_MAGIC, 4) != 0 or data[4] != J_VERSION:
+            raise ValueError("not a journal record of version 1")
+        if data[5] != kind:
+            raise ValueError("a snapshot where a journal record was expected, or the reverse")
+        if <uint64_t>fl_get64(data + n - 8) != fl_checksum(data, n - 8):
+            raise ValueError("journal record checksum mismatch")
+        if kind == J_JOURNAL and fl_get64(data + 8) < L.seq:
+            # The ledger's seq only grows: an older record would silently roll state back.
+            raise ValueError("journal record is older than the ledger's state")
     count = <uint32_t>fl_get32(data + n - 12)
     r.p = data + J_HEADER
     r.end = data + n - J_TRAILER
-    if x.mode == R_LOAD:
+    if mode == R_LOAD:
         # Fewer records than entries (and an entry takes 6 bytes or more: a forged count cannot
         # make the table huge), plus room for the journal tail replayed next.
         most = min(<Py_ssize_t>count, (r.end - r.p) // 6)
@@ -568,7 +626,8 @@ cdef int replay(Ledger L, object record, int kind) except -1:
     if not isinstance(record, (bytes, bytearray, memoryview)):
         raise TypeError("a journal record is bytes")
     data = bytes(record)
+    cdef Reader x = Reader(L)
     if kind == J_SNAPSHOT:
-        return parse(Reader(L, R_LOAD), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)
-    parse(Reader(L, R_CHECK), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)
-    return parse(Reader(L, R_APPLY), PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind)
+        return parse(x, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind, R_LOAD)
+    parse(x, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind, R_CHECK)
+    return parse(x, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), kind, R_APPLY)

@@ -273,6 +273,13 @@ def test_a_lot_always_keeps_its_grant_record():
     tombstone = bytes([6, 3, 1]) + b"a" + bytes([2]) + b"g1"
     with pytest.raises(ValueError, match="grant record"):
         target.replay(_record(tombstone, 1, seq=2))
+    account = body[:-grant_entry]                       # the account, its lot still named g1
+    with pytest.raises(ValueError, match="grant record"):
+        target.replay(_record(account + tombstone, 2, seq=2))
+    with pytest.raises(ValueError, match="grant record"):
+        _fastledger.Ledger.from_snapshot(_record(body + tombstone, 3, kind=2), retention_ns=RETENTION)
+    target.replay(_record(account + tombstone + body[-grant_entry:], 3, seq=2))   # deleted, re-written
+    target.check_invariants()
     assert target.snapshot() == before
 
 
