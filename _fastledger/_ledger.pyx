@@ -7,7 +7,6 @@ reference model in tests/model/reference.py.
 
 cimport cython
 from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
-from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memcmp, memmove, memset
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Malloc, PyMem_Calloc, PyMem_Realloc, PyMem_Free

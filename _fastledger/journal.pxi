@@ -248,15 +248,6 @@ cdef int put_header(Buf* b, uint8_t kind, int64_t seq) except -1:
     return 0
 
 
-cdef bytes finish(Buf* b, uint32_t count):
-    cdef char* c = buf_room(b, J_TRAILER)
-    fl_put32(c, <int32_t>count)
-    b.n += 4
-    fl_put64(b.p + b.n, <int64_t>fl_checksum(b.p, b.n))
-    b.n += 8
-    return PyBytes_FromStringAndSize(b.p, b.n)
-
-
 cdef bytes take_journal(Ledger L):
     cdef Buf* b = &L.jbuf
     cdef uint32_t count = 0
@@ -326,22 +317,57 @@ cdef void clear_dirty(Ledger L) noexcept:
     L.dirty_recs.n = 0
 
 
-cdef int cmp_rec_seq(const void* x, const void* y) noexcept nogil:
-    cdef int64_t a = (<Rec**>x)[0].seq
-    cdef int64_t b = (<Rec**>y)[0].seq
-    return (a > b) - (a < b)
+ctypedef struct SeqRec:
+    uint64_t key                # the record's seq, minus the smallest seq
+    Rec* r
+
+
+cdef SeqRec* sort_by_seq(SeqRec* a, SeqRec* tmp, size_t n) noexcept nogil:
+    """Stable LSD radix sort of a[:n] by key, 11 bits a pass and only the passes the largest key
+    needs; the result is in a or in tmp (returned)."""
+    cdef size_t count[2048]
+    cdef size_t i, c, total
+    cdef uint64_t top = 0
+    cdef int shift = 0
+    cdef SeqRec* t
+    for i in range(n):
+        top |= a[i].key
+    while shift < 64 and (top >> shift) != 0:
+        memset(count, 0, sizeof(count))
+        for i in range(n):
+            count[(a[i].key >> shift) & 2047] += 1
+        total = 0
+        for i in range(2048):
+            c = count[i]
+            count[i] = total
+            total += c
+        for i in range(n):
+            c = (a[i].key >> shift) & 2047
+            tmp[count[c]] = a[i]
+            count[c] += 1
+        t = a
+        a = tmp
+        tmp = t
+        shift += 11
+    return a
 
 
 cdef bytes snapshot(Ledger L):
     cdef Buf b
     cdef uint32_t count = 0
     cdef Account a
-    cdef Rec** recs = NULL
-    cdef size_t i, k = 0
-    b.obj = NULL
-    b.p = NULL
+    cdef SeqRec* recs = NULL
+    cdef SeqRec* order
+    cdef size_t i, k = 0, n = L.recs.n
+    cdef int64_t lo = INT64_MAX
+    cdef Rec* r
+    cdef char* c
+    cdef bytes out = None
+    # Written straight into a bytes object, as take_journal does; the first size is a guess.
+    b.cap = 65536 + 64 * (len(L.accounts) + <Py_ssize_t>n)
+    b.obj = new_bytes(NULL, b.cap)
+    b.p = PyBytes_AS_STRING(<object>b.obj)
     b.n = 0
-    b.cap = 0
     try:
         put_header(&b, J_SNAPSHOT, L.seq)
         for a in L.accounts:
@@ -350,19 +376,33 @@ cdef bytes snapshot(Ledger L):
             if a.buckets:
                 put_buckets(&b, a)
                 count += 1
-        recs = <Rec**>PyMem_Malloc((L.recs.n + 1) * sizeof(Rec*))
+        # The records in seq order (seqs are unique; a stable sort either way).
+        recs = <SeqRec*>PyMem_Malloc(2 * (n + 1) * sizeof(SeqRec))
         if recs == NULL:
             raise MemoryError()
         for i in range(L.recs.mask + 1):
             if L.recs.slots[i] != 0:
-                recs[k] = slot_rec(L.recs.slots[i])
+                r = slot_rec(L.recs.slots[i])
+                recs[k].key = <uint64_t>r.seq
+                recs[k].r = r
+                lo = i64min(lo, r.seq)
                 k += 1
-        qsort(recs, k, sizeof(Rec*), cmp_rec_seq)
         for i in range(k):
-            put_rec(&b, recs[i])
+            recs[i].key -= <uint64_t>lo
+        order = sort_by_seq(recs, recs + n + 1, k)
+        for i in range(k):
+            put_rec(&b, order[i].r)
             count += 1
-        out = finish(&b, count)
+        c = buf_room(&b, J_TRAILER)
+        fl_put32(c, <int32_t>count)
+        b.n += 4
+        fl_put64(b.p + b.n, <int64_t>fl_checksum(b.p, b.n))
+        b.n += 8
+        _PyBytes_Resize(&b.obj, b.n)
+        out = <bytes>b.obj
+        Py_DECREF(out)              # hand the buffer's reference over to `out`
     finally:
         PyMem_Free(recs)
-        PyMem_Free(b.p)
+        if b.obj != NULL and out is None:
+            Py_DECREF(<object>b.obj)
     return out

@@ -23,9 +23,17 @@ cdef inline object rec_rid_str(Rec* r):
     return PyUnicode_FromStringAndSize(rec_rid(r), r.rlen)
 
 
-cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
-    cdef uint64_t ah = a.ahash      # <uint32_t>fl_hash(aid bytes, 0x51ed27), cached by new_account
+cdef inline uint32_t acct_hash(const char* aid, Py_ssize_t n) noexcept nogil:
+    """The account's part of rec_hash (new_account caches it as Account.ahash)."""
+    return <uint32_t>fl_hash(aid, <size_t>n, 0x51ed27)
+
+
+cdef inline uint64_t rec_hash_ah(uint64_t ah, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept nogil:
     return fl_hash(rid, <size_t>rlen, (ah << 8) ^ kind)
+
+
+cdef inline uint64_t rec_hash(Account a, uint8_t kind, const char* rid, Py_ssize_t rlen) noexcept:
+    return rec_hash_ah(a.ahash, kind, rid, rlen)
 
 
 cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
@@ -59,6 +67,28 @@ cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssiz
         i = (i + 1) & t.mask
 
 
+cdef Rec* table_find_ids(Table* t, uint8_t kind, const char* aid, Py_ssize_t alen, const char* rid,
+                         Py_ssize_t rlen) noexcept:
+    """table_find by the account's id instead of the account object (from_snapshot: no lookup)."""
+    cdef uint64_t h = rec_hash_ah(acct_hash(aid, alen), kind, rid, rlen)
+    cdef size_t i = h & t.mask
+    cdef uint64_t tag = h >> 48
+    cdef uint64_t s
+    cdef Rec* r
+    cdef object owner
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            return NULL
+        if (s >> 48) == tag:
+            r = slot_rec(s)
+            if r.kind == kind and r.rlen == rlen and memcmp(rec_rid(r), rid, rlen) == 0:
+                owner = (<Account>r.acct).aid
+                if PyUnicode_GET_LENGTH(owner) == alen and memcmp(id_data(owner), aid, alen) == 0:
+                    return r
+        i = (i + 1) & t.mask
+
+
 cdef inline void table_place(Table* t, uint64_t s) noexcept:
     cdef size_t i = slot_rec(s).hash & t.mask
     while t.slots[i] != 0:
@@ -66,16 +96,26 @@ cdef inline void table_place(Table* t, uint64_t s) noexcept:
     t.slots[i] = s
 
 
-cdef int table_grow(Table* t) except -1:
+cdef int table_resize(Table* t, size_t cap) except -1:
     cdef uint64_t* old = t.slots
     cdef size_t old_cap = t.mask + 1
     cdef size_t i, n = t.n
-    table_init(t, old_cap * 2)
+    table_init(t, cap)
     for i in range(old_cap):
         if old[i] != 0:
             table_place(t, old[i])
     t.n = n
     PyMem_Free(old)
+    return 0
+
+
+cdef int table_reserve(Table* t, size_t n) except -1:
+    """Room for n records in all without growing on the way (from_snapshot sizes the table)."""
+    cdef size_t cap = t.mask + 1
+    while n * 2 > cap:  # table_insert's rule: at most half full
+        cap *= 2
+    if cap > t.mask + 1:
+        table_resize(t, cap)
     return 0
 
 
@@ -86,7 +126,7 @@ cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
     # At most half full: a reserve's lookup of a new id probes until an empty slot, and with
     # linear probing that run grows fast past one half (8 bytes a slot, small next to a record).
     if (t.n + 1) * 2 > t.mask + 1:
-        table_grow(t)
+        table_resize(t, (t.mask + 1) * 2)
     table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
     t.n += 1
     return 0
@@ -112,9 +152,13 @@ cdef void table_remove(Table* t, Rec* r) noexcept:
     t.n -= 1
 
 
-cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int64_t seq,
-                  int64_t fp) except NULL:
-    cdef Py_ssize_t rlen = PyUnicode_GET_LENGTH(rid)
+cdef inline Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int64_t seq,
+                         int64_t fp) except NULL:
+    return rec_new_raw(L, a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid), h, seq, fp)
+
+
+cdef Rec* rec_new_raw(Ledger L, Account a, uint8_t kind, const char* rid, Py_ssize_t rlen, uint64_t h,
+                      int64_t seq, int64_t fp) except NULL:
     cdef size_t size = rec_size(kind)
     cdef Rec* r = <Rec*>PyMem_Malloc(size + rlen)
     if r == NULL:
@@ -124,7 +168,7 @@ cdef Rec* rec_new(Ledger L, Account a, uint8_t kind, object rid, uint64_t h, int
         memset(r, 0, sizeof(Hold))
     else:
         memset(r, 0, sizeof(Idem))
-    fl_copy_id((<char*>r) + size, id_data(rid), rlen)
+    fl_copy_id((<char*>r) + size, rid, rlen)
     r.hash = <uint32_t>h
     r.kind = kind
     r.rlen = <uint16_t>rlen

@@ -9,7 +9,7 @@ import pytest
 import _fastledger
 from _fastledger import codes as C
 
-from .helpers import RETENTION_NS, SECOND, grant, reserve, upsert
+from .helpers import RETENTION_NS, SECOND, charge, grant, reserve, upsert
 from .workload import batches, setup_ops, views
 
 RETENTION = 600 * SECOND
@@ -117,6 +117,23 @@ def test_snapshot_of_an_empty_ledger():
     blob = fresh().snapshot()
     restored = _fastledger.Ledger.from_snapshot(blob, retention_ns=RETENTION)
     assert restored.account_ids() == [] and restored.snapshot() == blob
+
+
+def test_a_snapshot_lists_records_in_creation_order():
+    """Records follow the accounts in seq order, whatever their order in the table (enough
+    records that their seqs span several digits of the snapshot's radix sort)."""
+    import random
+
+    rng = random.Random(5)
+    led = fresh()
+    led.apply([upsert(f"a{i}") for i in range(10)] + [grant(f"a{i}", "g", 10**9) for i in range(10)], 0)
+    ids = [f"c{rng.randrange(10**9):09d}.{n}" for n in range(5000)]
+    for n in range(0, len(ids), 1000):
+        led.apply([charge(f"a{rng.randrange(10)}", cid, 1) for cid in ids[n:n + 1000]], 0)
+    blob = led.snapshot()
+    positions = [blob.index(cid.encode()) for cid in ids]
+    assert positions == sorted(positions)
+    assert _fastledger.Ledger.from_snapshot(blob, retention_ns=RETENTION).snapshot() == blob
 
 
 def test_replay_is_a_state_overwrite_not_a_rerun():
@@ -256,7 +273,44 @@ def test_a_lot_always_keeps_its_grant_record():
     tombstone = bytes([6, 3, 1]) + b"a" + bytes([2]) + b"g1"
     with pytest.raises(ValueError, match="grant record"):
         target.replay(_record(tombstone, 1, seq=2))
+    account = body[:-grant_entry]                       # the account, its lot still named g1
+    with pytest.raises(ValueError, match="grant record"):
+        target.replay(_record(account + tombstone, 2, seq=2))
+    with pytest.raises(ValueError, match="grant record"):
+        _fastledger.Ledger.from_snapshot(_record(body + tombstone, 3, kind=2), retention_ns=RETENTION)
+    target.replay(_record(account + tombstone + body[-grant_entry:], 3, seq=2))   # deleted, re-written
+    target.check_invariants()
     assert target.snapshot() == before
+
+
+def test_a_grant_id_used_again_in_one_record_keeps_its_lot_on_the_new_record():
+    """One record deletes a grant record (purged: its lot was used up) and writes a new one with
+    the same id, other records allocated in between: the replayed lot names the new record."""
+    led = fresh()
+    led.apply([upsert("a", credit_limit=1000), grant("a", "g1", 100), charge("a", "c1", 100)], 0)
+    target = fresh()
+    target.replay(led.take_journal())
+    led.apply([(C.OP_EXPIRE, 10), charge("a", "c8", 5), charge("a", "c9", 5), grant("a", "g1", 50, fp=2)],
+              RETENTION + 10)
+    target.replay(led.take_journal())
+    target.check_invariants()
+    assert target.lots_view("a", RETENTION + 10) == led.lots_view("a", RETENTION + 10)
+    assert target.snapshot() == led.snapshot()
+
+
+def test_an_account_written_twice_in_one_record_is_refused():
+    led = fresh()
+    led.apply([upsert("a"), grant("a", "g1", 100)], 0)
+    record = led.take_journal()
+    account = record[16:record.index(b"\x05\x01a")]     # up to the grant entry
+    body = record[16:-12]
+    for kind, target in ((1, fresh()), (2, None)):
+        twice = _record(account + body, 3, seq=2, kind=kind)
+        with pytest.raises(ValueError, match="twice"):
+            if target is None:
+                _fastledger.Ledger.from_snapshot(twice, retention_ns=RETENTION)
+            else:
+                target.replay(twice)
 
 
 # Offsets in the snapshot of: upsert "a" (plan "free") + grant "g1" 100 (see _fastledger/README.md).
