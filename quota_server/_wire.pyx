@@ -935,14 +935,29 @@ cdef class _Usage:
     cdef object labels          # commits: the commit's labels (dict) or None
 
     def __call__(self, op, r, fresh, now_ms):
+        cdef Buf* b = &self.codec.tmp
+        cdef list events = []
         if not fresh:
             return _EMPTY_DERIVED
+        b.n = 0
+        if not self.write_json(b, r, events):
+            return _EMPTY_DERIVED
+        return [new_usage_row(self.account_id, now_ms, PyBytes_FromStringAndSize(b.p, b.n))], events
+
+    cdef int write_json(self, Buf* b, object r, list events) except -1:
+        """Append this op's usage record (JSON, exactly as dataplane._usage_row writes it) to `b`
+        and its events to `events`, for result `r`; 0 if the op records no usage."""
+        cdef WireCodec c = self.codec
         if self.kind == K_CHARGE:
             if r[1] != DECISION_OK:
-                return _EMPTY_DERIVED
-            return self.codec.usage(self.account_id, now_ms, "", self.item_id, self.action, self.quantities_json,
-                                    r[2], 0, self.labels_json, False, r[3])
-        return self.codec.commit_usage(self, r, now_ms)
+                return 0
+            c.usage_json(b, "", self.item_id, self.action, self.quantities_json, r[2], 0, self.labels_json, False)
+            c.usage_events(events, self.account_id, r[3], 0)
+            return 1
+        action, labels_json = c.commit_meta(self)
+        c.usage_json(b, self.item_id, "", action, b"", r[1], r[3], labels_json, r[5])
+        c.usage_events(events, self.account_id, r[4], r[3])
+        return 1
 
 
 # ---------------------------------------------------------------------------------------- the codec
@@ -1415,12 +1430,10 @@ cdef class WireCodec:
 
     # -------------------------------------------------------------- usage rows (derive)
 
-    cdef object usage(self, object account_id, object now_ms, object reservation_id, object charge_id,
-                      object action, bytes quantities_json, object charged, object uncharged, bytes labels_json,
-                      object late, object available_after):
-        """([UsageRow], events) exactly as dataplane._usage_row / _credit_events build them."""
-        cdef Buf* b = &self.tmp
-        b.n = 0
+    cdef int usage_json(self, Buf* b, object reservation_id, object charge_id, object action,
+                        bytes quantities_json, object charged, object uncharged, bytes labels_json,
+                        object late) except -1:
+        """Append one usage record's JSON to `b`, byte for byte as dataplane._usage_row."""
         buf_put(b, b'{"reservation_id":"', 19)
         buf_pystr_ascii(b, reservation_id)  # ids: validated, nothing to escape
         buf_put(b, b'","charge_id":"', 15)
@@ -1437,14 +1450,18 @@ cdef class WireCodec:
         buf_put(b, PyBytes_AS_STRING(labels_json), len(labels_json))
         buf_put(b, b'},"late":', 9)
         json_value(b, late)
-        buf_byte(b, 125)  # }
-        row = new_usage_row(account_id, now_ms, PyBytes_FromStringAndSize(b.p, b.n))
-        if uncharged or available_after <= 0:
-            return [row], self.credit_events(account_id, available_after, uncharged)
-        return [row], []
+        return buf_byte(b, 125)  # }
 
-    cdef object commit_usage(self, _Usage u, r, now_ms):
-        """A fresh commit's usage: the action and labels come from the hold's meta."""
+    cdef int usage_events(self, list events, object account_id, object available_after,
+                          object uncharged) except -1:
+        """Append what dataplane._credit_events gives for a usage record to `events`."""
+        if uncharged or available_after <= 0:
+            events.extend(self.credit_events(account_id, available_after, uncharged))
+        return 0
+
+    cdef tuple commit_meta(self, _Usage u):
+        """(action, labels JSON members) of a commit's usage record: the action and labels come
+        from the hold's meta, the commit's own labels override the hold's."""
         raw = self.engine.ledger.reservation_meta(u.account_id, u.item_id)
         if raw is None:
             raw = b""
@@ -1459,7 +1476,7 @@ cdef class WireCodec:
         action, hold_labels, labels_json = cached
         if u.labels:
             labels_json = json_dict_members({**hold_labels, **u.labels})
-        return self.usage(u.account_id, now_ms, u.item_id, "", action, b"", r[1], r[3], labels_json, r[5], r[4])
+        return action, labels_json
 
     # -------------------------------------------------------------- result tuple -> response bytes
 
@@ -1656,26 +1673,78 @@ cdef class BatchWork:
             raise ValueError("a batch with slow ops goes through submit_items")
         return [(<tuple>self.entries[i])[0] for i in range(self.n)]
 
-    def derive_into(self, list results, Py_ssize_t start, replayed, now_ms, list usage, list events):
-        """The engine's group deriver (Engine.submit_group) for a batch with no slow op: what
-        each op's `derive` would add, appended to `usage` and `events`. `results[start + i]` is
-        op i's result; indices in `replayed` are replays (they derive nothing)."""
-        cdef Py_ssize_t i
+    def derive_into(self, list results, Py_ssize_t start, replayed, now_ms, list usage, list events,
+                    list packed):
+        """The engine's group deriver (Engine.submit_group) for a batch with no slow op: the
+        usage records of its ops, written straight into one packed chunk per account
+        (storage.base.UsageChunk, appended to `packed`: no UsageRow per record), and their
+        events appended to `events`. `results[start + i]` is op i's result; indices in
+        `replayed` are replays (they derive nothing). `usage` is not used: every record of a
+        fast-path op goes into a chunk."""
+        cdef Py_ssize_t i, k, mark
         cdef tuple entry
-        cdef object derive, r, derived
-        for i in range(self.n):
-            entry = <tuple>self.entries[i]
-            derive = entry[1]
-            if derive is None:
-                continue
-            r = results[start + i]
-            if (<tuple>r)[0] != ST_OK:
-                continue
-            derived = derive(entry[0], r, not (replayed and (start + i) in replayed), now_ms)
-            if (<tuple>derived)[0]:
-                usage.extend((<tuple>derived)[0])
-            if (<tuple>derived)[1]:
-                events.extend((<tuple>derived)[1])
+        cdef object derive, r
+        cdef _Usage u
+        cdef dict slot_of = {}  # account id -> index in bufs
+        cdef list accounts = []
+        cdef list counts = []
+        cdef Buf* bufs = NULL
+        cdef Buf* b
+        cdef Py_ssize_t nbufs = 0, cap = 0
+        cdef uint32_t size
+        try:
+            for i in range(self.n):
+                entry = <tuple>self.entries[i]
+                derive = entry[1]
+                if derive is None:
+                    continue
+                r = results[start + i]
+                if (<tuple>r)[0] != ST_OK or (replayed and (start + i) in replayed):
+                    continue
+                u = <_Usage>derive
+                hit = slot_of.get(u.account_id)
+                if hit is None:
+                    if nbufs == cap:
+                        cap = cap * 2 + 4
+                        b = <Buf*>PyMem_Realloc(bufs, cap * sizeof(Buf))
+                        if b == NULL:
+                            raise MemoryError()
+                        bufs = b
+                    bufs[nbufs].p = NULL
+                    bufs[nbufs].n = 0
+                    bufs[nbufs].cap = 0
+                    slot_of[u.account_id] = nbufs
+                    accounts.append(u.account_id)
+                    counts.append(0)
+                    k = nbufs
+                    nbufs += 1
+                else:
+                    k = <Py_ssize_t>hit
+                b = &bufs[k]
+                mark = b.n
+                buf_u32le(b, 0)  # the record's length, filled in below (pack_payloads' format)
+                if not u.write_json(b, r, events):
+                    b.n = mark
+                    continue
+                size = <uint32_t>(b.n - mark - 4)
+                b.p[mark] = <char>(size & 0xff)
+                b.p[mark + 1] = <char>((size >> 8) & 0xff)
+                b.p[mark + 2] = <char>((size >> 16) & 0xff)
+                b.p[mark + 3] = <char>((size >> 24) & 0xff)
+                counts[k] += 1
+            for k in range(nbufs):
+                if counts[k] == 0:
+                    continue
+                b = &bufs[k]
+                if counts[k] == 1:  # a single record is stored as itself (pack_payloads)
+                    blob = PyBytes_FromStringAndSize(b.p + 4, b.n - 4)
+                else:
+                    blob = PyBytes_FromStringAndSize(b.p, b.n)
+                packed.append((accounts[k], now_ms, counts[k], blob))
+        finally:
+            for k in range(nbufs):
+                PyMem_Free(bufs[k].p)
+            PyMem_Free(bufs)
 
     def encode(self, list results, answer):
         """The BatchResponse bytes. `results` are the engine's, in submit_items order;

@@ -23,7 +23,7 @@ import _fastledger
 from _fastledger import codes as C
 
 from .errors import Overloaded, ShuttingDown, Unavailable
-from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageRow
+from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageChunk, UsageRow
 
 log = logging.getLogger("quota.engine")
 
@@ -37,8 +37,9 @@ class GroupDeriver(Protocol):
     """Derives a whole group's usage and events (see Engine.submit_group)."""
 
     def derive_into(self, results: list[tuple], start: int, replayed: set[int], now_ms: int,
-                    usage: list[UsageRow], events: list[tuple[str, str, dict]]) -> None:
-        """Append what ops ``results[start:start + len(group)]`` produced; replays derive nothing."""
+                    usage: list[UsageRow], events: list[tuple[str, str, dict]], packed: list[UsageChunk]) -> None:
+        """Append what ops ``results[start:start + len(group)]`` produced (usage rows, or
+        usage already packed per account: storage.base.UsageChunk); replays derive nothing."""
 
 
 EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and increasing
@@ -74,7 +75,7 @@ class _Pending:
 class _Flush:
     """One applied batch on its way to storage: what to write and whom to answer."""
 
-    __slots__ = ("batch", "results", "seq", "record", "usage", "events", "snapshot")
+    __slots__ = ("batch", "results", "seq", "record", "usage", "packed", "events", "snapshot")
 
     def __init__(self, batch: list[_Pending], results: list[tuple]) -> None:
         self.batch = batch
@@ -82,6 +83,7 @@ class _Flush:
         self.seq = 0
         self.record = b""  # empty: the batch changed nothing durable (only the answers wait)
         self.usage: list[UsageRow] = []
+        self.packed: list[UsageChunk] = []
         self.events: list[EventRow] = []
         self.snapshot: bytes | None = None
 
@@ -331,6 +333,7 @@ class Engine:
         replayed = set(self.ledger.replayed_indices())
         record = self.ledger.take_journal()
         usage: list[UsageRow] = []
+        packed: list[UsageChunk] = []
         event_specs: list[tuple[str, str, dict]] = []
         expired = self.ledger.take_expired()
         if expired and self.derive_expired is not None:
@@ -339,7 +342,7 @@ class Engine:
         for item in batch:
             derives = item.derives
             if derives is not None and type(derives) is not list:
-                derives.derive_into(results, index, replayed, now_ms, usage, event_specs)
+                derives.derive_into(results, index, replayed, now_ms, usage, event_specs, packed)
             elif derives is not None:
                 for j, derive in enumerate(derives):
                     result = results[index + j]
@@ -354,7 +357,7 @@ class Engine:
         if record:
             seq = self._applied_seq + 1
             self._applied_seq = seq
-            flush.seq, flush.record, flush.usage = seq, record, usage
+            flush.seq, flush.record, flush.usage, flush.packed = seq, record, usage, packed
             flush.events = [
                 EventRow(
                     event_id=seq * EVENTS_PER_SEQ + n + 1,
@@ -379,7 +382,7 @@ class Engine:
         """Persist one applied batch (retrying until it lands), then answer its callers."""
         try:
             if flush.record:
-                await self._persist(flush.seq, flush.record, flush.usage, flush.events)
+                await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed)
         except BaseException as exc:
             # Lost lease: stop serving at once (before these callers hear "shutting down").
             if not isinstance(exc, asyncio.CancelledError):
@@ -401,12 +404,13 @@ class Engine:
             async with self.events_written:
                 self.events_written.notify_all()
 
-    async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
+    async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
+                       packed: list[UsageChunk]) -> None:
         """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile."""
         backoff_ms = self.options.retry_backoff_min_ms
         while True:
             try:
-                await self.storage.append(self.epoch, seq, record, usage, events)
+                await self.storage.append(self.epoch, seq, record, usage, events, packed)
             except StorageUnavailable as exc:
                 if not self.storage_down:
                     log.warning("storage unavailable, retrying the pending batch: %s", exc)

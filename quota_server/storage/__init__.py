@@ -21,6 +21,7 @@ from .base import (
     Storage,
     StorageError,
     StorageUnavailable,
+    UsageChunk,
     UsageRow,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageUnavailable",
+    "UsageChunk",
     "UsageRow",
     "sqlite_path_from_url",
     "storage_from_url",

@@ -128,7 +128,12 @@ def unpack_blob(data: bytes, codec: int, what: str) -> bytes:
     raise StorageError(f"{what} has unknown codec {codec} (written by a newer server?)")
 
 
-def group_usage(usage: list[UsageRow]) -> list[tuple[str, int, list[bytes]]]:
+UsageChunk = tuple[str, int, int, bytes]
+"""Usage rows of one account with one at_ms, stored together: (account_id, at_ms, n, payloads
+packed by `pack_payloads`)."""
+
+
+def group_usage(usage: list[UsageRow]) -> list[UsageChunk]:
     """A flush's usage rows as chunks: one per (account_id, at_ms), in first-seen order, each
     with its payloads in insertion order.
 
@@ -145,14 +150,19 @@ def group_usage(usage: list[UsageRow]) -> list[tuple[str, int, list[bytes]]]:
         key = (row.account_id, row.at_ms)
         payloads = chunks.get(key)
         if payloads is None:
-            if not row.account_id:
-                raise ValueError("usage row without account_id")
-            if not 0 <= row.at_ms <= ID_MAX:
-                raise ValueError(f"usage at_ms must be in 0..{ID_MAX}, got {row.at_ms}")
+            check_chunk_key(row.account_id, row.at_ms)
             chunks[key] = [row.payload]
         else:
             payloads.append(row.payload)
-    return [(account_id, at_ms, payloads) for (account_id, at_ms), payloads in chunks.items()]
+    return [(account_id, at_ms, len(payloads), pack_payloads(payloads))
+            for (account_id, at_ms), payloads in chunks.items()]
+
+
+def check_chunk_key(account_id: str, at_ms: int) -> None:
+    if not account_id:
+        raise ValueError("usage row without account_id")
+    if not 0 <= at_ms <= ID_MAX:
+        raise ValueError(f"usage at_ms must be in 0..{ID_MAX}, got {at_ms}")
 
 
 def pack_payloads(payloads: list[bytes]) -> bytes:
@@ -258,8 +268,12 @@ class Storage(abc.ABC):
         record: bytes,
         usage: list[UsageRow],
         events: list[EventRow],
+        packed: list[UsageChunk] = (),
     ) -> None:
         """Persist one flush atomically: the journal record, its usage rows and its events.
+
+        ``packed`` are more usage rows of the flush, already grouped (``UsageChunk``): the
+        engine's fast path builds them without a UsageRow per row. They follow ``usage``.
 
         All or nothing, and only while ``epoch`` is current (else Fenced). ``seq`` must be the
         last seq + 1 (else SequenceError). Idempotent: if record ``seq`` already exists with
@@ -328,12 +342,20 @@ def check_ttl(ttl_ms: int) -> None:
         raise ValueError(f"ttl_ms must be in {LEASE_TTL_MIN_MS}..{LEASE_TTL_MAX_MS}, got {ttl_ms}")
 
 
-def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow]) -> list[tuple[str, int, list[bytes]]]:
+def check_batch(seq: int, usage: list[UsageRow], events: list[EventRow],
+                packed: list[UsageChunk] = ()) -> list[UsageChunk]:
     """Reject malformed arguments of ``append`` before anything is sent (programmer errors);
-    returns the usage rows grouped as ``group_usage`` does."""
+    returns every usage row of the flush as chunks: ``usage`` grouped as ``group_usage`` does,
+    then ``packed`` (chunks the engine built already)."""
     if not 1 <= seq <= ID_MAX:
         raise ValueError(f"seq must be in 1..{ID_MAX}, got {seq}")
     chunks = group_usage(usage)
+    for account_id, at_ms, n, _ in packed:
+        check_chunk_key(account_id, at_ms)
+        if n < 1:
+            raise ValueError(f"a usage chunk holds at least one row, got {n}")
+    if packed:
+        chunks.extend(packed)
     prev_event_id = 0
     for ev in events:
         if not 1 <= ev.event_id <= ID_MAX:

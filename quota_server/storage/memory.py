@@ -16,8 +16,10 @@ from .base import (
     Recovered,
     SequenceError,
     Storage,
+    UsageChunk,
     UsageRow,
     check_batch,
+    unpack_payloads,
     check_limit,
 )
 
@@ -63,8 +65,9 @@ class MemoryStorage(Storage):
         records = [(seq, self._records[seq]) for seq in range(snap_seq + 1, self._last_seq + 1)]
         return Recovered(snapshot=blob, snapshot_seq=snap_seq, records=records)
 
-    async def append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow]) -> None:
-        chunks = check_batch(seq, usage, events)
+    async def append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
+                     packed: list[UsageChunk] = ()) -> None:
+        chunks = check_batch(seq, usage, events, packed)
         if epoch != self._epoch or self._owner is None:
             raise Fenced(f"epoch {epoch} is not current")
         if seq <= self._last_seq:
@@ -78,9 +81,9 @@ class MemoryStorage(Storage):
         self._records[seq] = record
         self._last_seq = seq
         counter = self._usage_counter
-        for account_id, at_ms, payloads in chunks:
-            items = [(at_ms, n, bytes(payload)) for n, payload in enumerate(payloads, counter + 1)]
-            counter += len(payloads)
+        for account_id, at_ms, n_rows, blob in chunks:
+            items = [(at_ms, n, payload) for n, payload in enumerate(unpack_payloads(blob, n_rows), counter + 1)]
+            counter += n_rows
             rows = self._usage.get(account_id)
             if rows is None:
                 self._usage[account_id] = items

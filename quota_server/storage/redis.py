@@ -52,11 +52,11 @@ from .base import (
     Storage,
     StorageError,
     StorageUnavailable,
+    UsageChunk,
     UsageRow,
     check_batch,
     check_limit,
     pack_blob,
-    pack_payloads,
     unpack_blob,
     unpack_payloads,
     check_recovered,
@@ -469,18 +469,19 @@ class RedisStorage(Storage):
         record: bytes,
         usage: list[UsageRow],
         events: list[EventRow],
+        packed: list[UsageChunk] = (),
     ) -> None:
-        chunks = check_batch(seq, usage, events)
+        chunks = check_batch(seq, usage, events, packed)
         stored, codec = await _pack(record)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
         args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
-        for account_id, at_ms, payloads in chunks:
+        for account_id, at_ms, n, payloads in chunks:
             index = key_index.get(account_id)
             if index is None:
                 keys.append(self.usage_key(account_id))
                 index = key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
-            args += (index, account_id, at_ms, len(payloads), pack_payloads(payloads))
+            args += (index, account_id, at_ms, n, payloads)
         for ev in events:
             args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
         reply = await self._eval(_SCRIPTS["append"], keys, args)

@@ -40,6 +40,7 @@ from .base import (
     Storage,
     StorageError,
     StorageUnavailable,
+    UsageChunk,
     UsageRow,
     check_batch,
     check_limit,
@@ -48,7 +49,6 @@ from .base import (
     CODEC_RAW,
     CODEC_ZLIB,
     pack_blob,
-    pack_payloads,
     unpack_blob,
     unpack_payloads,
 )
@@ -413,15 +413,15 @@ class SqliteStorage(Storage):
         record: bytes,
         usage: list[UsageRow],
         events: list[EventRow],
+        packed: list[UsageChunk] = (),
     ) -> None:
-        chunks = check_batch(seq, usage, events)
+        chunks = check_batch(seq, usage, events, packed)
         await self._run(self._append_sync, epoch, seq, bytes(record), chunks, events)
 
     def _append_sync(self, epoch: int, seq: int, record: bytes, chunks: list, events: list[EventRow]) -> None:
         # Compressed before the transaction, so the write lock is held only for the writes.
         stored = pack_blob(record)
-        rows = [(account_id, at_ms, len(payloads)) + pack_blob(pack_payloads(payloads))
-                for account_id, at_ms, payloads in chunks]
+        rows = [(account_id, at_ms, n) + pack_blob(payloads) for account_id, at_ms, n, payloads in chunks]
         written = self._write_txn(functools.partial(_append, epoch, seq, record, stored, rows, events))
         self._after_write(written)
 

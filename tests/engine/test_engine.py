@@ -40,12 +40,12 @@ class FaultyStorage:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    async def append(self, epoch, seq, record, usage, events):
+    async def append(self, epoch, seq, record, usage, events, packed=()):
         if self.gate is not None:
             await self.gate.wait()
         if self.failing is not None:
             raise self.failing("injected")
-        await self.inner.append(epoch, seq, record, usage, events)
+        await self.inner.append(epoch, seq, record, usage, events, packed)
         self.appends.append(seq)
 
 

@@ -35,11 +35,11 @@ async def test_full_queue_is_resource_exhausted_overloaded_and_changes_nothing(t
         real_append = storage.append
         gate, stalled = asyncio.Event(), asyncio.Event()
 
-        async def stalled_append(epoch, seq, record, usage, events):
-            if usage:  # the batch that carries c0 (background sweeps write no usage rows)
+        async def stalled_append(epoch, seq, record, usage, events, packed=()):
+            if usage or packed:  # the batch that carries c0 (background sweeps write no usage rows)
                 stalled.set()
                 await gate.wait()
-            return await real_append(epoch, seq, record, usage, events)
+            return await real_append(epoch, seq, record, usage, events, packed)
 
         storage.append = stalled_append
         engine = srv.engine
@@ -155,7 +155,7 @@ async def test_storage_outage_is_unavailable_and_the_pending_write_lands_when_it
         real_append = storage.append
         failures = []
 
-        async def failing_append(epoch, seq, record, usage, events):
+        async def failing_append(epoch, seq, record, usage, events, packed=()):
             failures.append(seq)
             raise StorageUnavailable("injected outage")
 

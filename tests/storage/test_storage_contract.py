@@ -464,3 +464,22 @@ async def test_large_records_and_snapshots_round_trip_exactly(backend: Backend, 
     await store.write_snapshot(epoch, 2, snapshot)
     assert await store.load() == Recovered(snapshot, 2, [(3, big[2])])
     assert len(await all_usage(store, "acct-1")) == 3
+
+
+async def test_prepacked_usage_chunks_are_rows_like_any_other(backend: Backend, store: Storage) -> None:
+    """`packed` chunks (what the engine's Batch fast path builds) are stored after the flush's
+    plain usage rows and read back row by row; a chunk's rows keep their order."""
+    from quota_server.storage.base import pack_payloads
+
+    epoch = await store.acquire_lease("a", backend.lease_ttl_ms)
+    plain = [usage("acct-1", T0, 0)]
+    many = [f"packed-{i}".encode() for i in range(7)]
+    packed = [("acct-1", T0, 7, pack_payloads(many)), ("acct-2", T0, 1, b"single")]
+    await store.append(epoch, 1, rec(1), plain, [], packed)
+    assert await all_usage(store, "acct-1") == plain + [UsageRow("acct-1", T0, p) for p in many]
+    assert await all_usage(store, "acct-2") == [UsageRow("acct-2", T0, b"single")]
+    with pytest.raises(ValueError):
+        await store.append(epoch, 2, rec(2), [], [], [("", T0, 1, b"x")])
+    with pytest.raises(ValueError):
+        await store.append(epoch, 2, rec(2), [], [], [("acct-1", T0, 0, b"")])
+    assert (await store.load()).last_seq == 1

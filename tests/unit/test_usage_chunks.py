@@ -30,4 +30,4 @@ def test_a_damaged_chunk_is_an_error(blob: bytes, n: int) -> None:
 
 def test_grouping_keeps_each_accounts_rows_in_order_per_timestamp() -> None:
     rows = [UsageRow("a", 5, b"1"), UsageRow("b", 5, b"2"), UsageRow("a", 5, b"3"), UsageRow("a", 3, b"4")]
-    assert group_usage(rows) == [("a", 5, [b"1", b"3"]), ("b", 5, [b"2"]), ("a", 3, [b"4"])]
+    assert group_usage(rows) == [("a", 5, 2, pack_payloads([b"1", b"3"])), ("b", 5, 1, b"2"), ("a", 3, 1, b"4")]

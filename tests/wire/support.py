@@ -16,6 +16,7 @@ import _fastledger
 from _fastledger import codes as C
 from quota_server.dataplane import DataPlane
 from quota_server.errors import QuotaError
+from quota_server.storage.base import UsageRow, unpack_payloads
 from tests.support.config import HOLD_TTL_MS, build_config, config_data
 
 NOW_NS = 1_749_556_800_000_000_000  # 2025-06-10T12:00:00Z
@@ -75,7 +76,10 @@ class StubEngine:
     async def submit_group(self, ops: list, deriver) -> list[tuple]:
         self.submitted.extend((op, "group") for op in ops)
         results = self.ledger.apply(ops, NOW_NS)
-        deriver.derive_into(results, 0, set(), NOW_NS // 1_000_000, self.usage, self.events)
+        packed: list = []
+        deriver.derive_into(results, 0, set(), NOW_NS // 1_000_000, self.usage, self.events, packed)
+        for account_id, at_ms, n, blob in packed:  # as rows, to compare with the Python path's
+            self.usage.extend(UsageRow(account_id, at_ms, p) for p in unpack_payloads(blob, n))
         return results
 
     def read(self, op: tuple) -> tuple:
