@@ -1,9 +1,11 @@
 """What durability costs: the real server on memory:// (persists nothing), SQLite and Redis.
 
-Three `quota-server` processes (the installed console script) run side by side in one run:
+Three `quota-server` processes (the installed console script) run side by side, started afresh on
+empty storage for every repetition:
 
 - ``memory``: ``memory://`` storage, the baseline: the same engine, group commit and core, with
-  a store that keeps nothing (quota_server/storage/memory.py);
+  a store that writes nothing anywhere (it keeps what it is given in the server's RAM:
+  quota_server/storage/memory.py);
 - ``sqlite``: a fresh SQLite file (WAL, synchronous=FULL: every reply waits for its fsync);
 - ``redis``: a redis-server this script starts on a free loopback port with ``appendonly yes``
   and ``appendfsync everysec`` (``--redis-appendfsync`` to change), one EVALSHA per flush.
@@ -124,16 +126,27 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         redis = RedisProcess(workdir / "redis", appendfsync=args.redis_appendfsync)
         redis.start()
-        targets = [
-            e2e.Target("memory", "memory://", workdir, server_cmd),
-            e2e.Target("sqlite", f"sqlite:///{workdir / 'sqlite' / 'quota.db'}", workdir, server_cmd),
-            e2e.Target("redis", redis.url, workdir, server_cmd),
-        ]
+        redis_base = redis.url.rsplit("/", 1)[0]
+
+        def fresh_targets(rep: int) -> list:
+            # Every repetition starts three new servers on empty storage (a new SQLite file, a
+            # new Redis database), so each compares like with like: memory:// keeps all it is
+            # given in the server's RAM and slows down as a long run piles it up.
+            return [
+                e2e.Target("memory", "memory://", workdir, server_cmd),
+                e2e.Target("sqlite", f"sqlite:///{workdir / f'sqlite-{rep}' / 'quota.db'}", workdir, server_cmd),
+                e2e.Target("redis", f"{redis_base}/{rep % 16}", workdir, server_cmd),
+            ]
+
+        targets: list = []
         try:
-            for target in targets:
-                print(f"== {target.name}: starting", file=sys.stderr, flush=True)
-                target.start()
             for rep in range(args.reps):
+                for target in targets:
+                    target.stop()
+                targets = fresh_targets(rep)
+                for target in targets:
+                    print(f"== rep {rep} {target.name}: starting", file=sys.stderr, flush=True)
+                    target.start()
                 # Fresh accounts per repetition: ids are scoped to their account, so every
                 # reservation id of this repetition is new (a replay would persist nothing).
                 unary = e2e.split_accounts(f"u{rep}", args.callers, args.client_procs)

@@ -52,6 +52,7 @@ class EngineOptions:
     retention_ns: int = 86_400 * 10**9
     max_queue: int = 100_000
     max_batch: int = 16_384
+    eager_apply_min_ops: int = 256  # see Engine._flush_loop
     sweep_max_items: int = 1_000
     sweep_interval_ms: int = 250
     snapshot_every_records: int = 20_000
@@ -117,7 +118,8 @@ class Engine:
         self._snapshot_seq = 0
         self._pending: list[_Pending] = []
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # something was queued
+        self._enough = asyncio.Event()  # eager_apply_min_ops are queued
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
         self._accepting = False
@@ -215,7 +217,7 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending([op], None if derive is None else [derive], future, True))
         self._queued_ops += 1
-        self._wake.set()
+        self._wake_up()
         return await future
 
     async def submit_many(self, items: list[tuple[tuple, Derive | None]]) -> list[tuple]:
@@ -233,7 +235,7 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(ops, derives, future, False))
         self._queued_ops += len(ops)
-        self._wake.set()
+        self._wake_up()
         return await future
 
     async def submit_group(self, ops: list[tuple], deriver: GroupDeriver) -> list[tuple]:
@@ -245,8 +247,13 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(ops, deriver, future, False))
         self._queued_ops += len(ops)
-        self._wake.set()
+        self._wake_up()
         return await future
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+        if self._queued_ops >= self.options.eager_apply_min_ops:
+            self._enough.set()
 
     def read(self, op: tuple) -> tuple:
         """Apply a non-mutating op (CHECK) at once, outside the write path.
@@ -260,27 +267,30 @@ class Engine:
     # ------------------------------------------------------------------ the write path
 
     async def _flush_loop(self) -> None:
-        """Apply batches and write them, overlapping the two: while batch N is being written,
-        batch N+1 (whatever arrived meanwhile) is applied to the core. Writes land in order,
-        one at a time, and a batch is answered only once its write (and so every earlier one)
-        has landed. At most one applied batch waits behind the write in flight."""
+        """Apply batches and write them, one write in flight at a time. While batch N is being
+        written, the next batch fills up; once `eager_apply_min_ops` ops are waiting (a Batch
+        RPC, or a crowd of unary calls), they are applied to the core at once, overlapping the
+        CPU work with the write, and written as soon as N has landed. Fewer wait for N to land
+        (so small calls share one flush instead of paying for many). Writes land in order, and a
+        batch is answered only once its write (and so every earlier one) has landed. At most
+        one applied batch waits behind the write in flight."""
         write: asyncio.Task | None = None
+        eager = self.options.eager_apply_min_ops
         try:
             while self._running:
-                if not self._pending:
-                    if write is not None:
+                if write is not None and (write.done() or self._queued_ops < eager):
+                    if not write.done():
+                        self._enough.clear()
+                        if self._queued_ops < eager:
+                            enough = asyncio.ensure_future(self._enough.wait())
+                            await asyncio.wait((write, enough), return_when=asyncio.FIRST_COMPLETED)
+                            enough.cancel()
                         if not write.done():
-                            # Wait for the write to land or for new work, which is applied
-                            # at once (it then waits behind this write).
-                            self._wake.clear()
-                            woken = asyncio.ensure_future(self._wake.wait())
-                            await asyncio.wait((write, woken), return_when=asyncio.FIRST_COMPLETED)
-                            woken.cancel()
-                            if not write.done():
-                                continue
-                        await write  # raises what the write raised
-                        write = None
-                        continue
+                            continue  # enough is waiting: apply it behind the write
+                    await write  # raises what the write raised
+                    write = None
+                    continue
+                if not self._pending:
                     self._idle.set()
                     await self._wake.wait()
                     self._wake.clear()

@@ -92,11 +92,35 @@ async def test_concurrent_ops_share_one_write_and_apply_in_order(tmp_path):
     await engine.stop()
 
 
+async def test_a_big_group_is_applied_during_the_write_and_small_calls_wait(tmp_path):
+    """While a write is in flight, a few small calls wait for it (they then share one flush),
+    but once eager_apply_min_ops are queued they are applied at once, behind the write, and
+    answered only after it and their own write have landed."""
+    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=8)
+    await engine.submit(_upsert("a"))
+    await engine.submit(_grant("a", "g", 1000))
+    storage.gate = asyncio.Event()
+    first = asyncio.ensure_future(engine.submit(_charge("a", "c0", 1)))
+    await asyncio.sleep(0.01)  # applied, its write blocked
+    small = [asyncio.ensure_future(engine.submit(_charge("a", f"s{i}", 1))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert not engine.ledger.has_charge("a", "s0"), "3 < 8 queued ops: they wait for the write"
+    group = asyncio.ensure_future(engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(6)]))
+    await asyncio.sleep(0.01)
+    assert engine.ledger.has_charge("a", "b5") and engine.ledger.has_charge("a", "s0"), "9 >= 8: applied now"
+    assert not first.done() and not group.done() and not any(t.done() for t in small)
+    writes_before = len(storage.appends)
+    storage.gate.set()
+    await asyncio.gather(first, group, *small)
+    assert len(storage.appends) - writes_before == 2  # the blocked one, then the nine together
+    await engine.stop()
+
+
 async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_path):
     """The next batch is applied while the previous one is written; a retry in it (answered
     from the core's idempotency record of an op not yet durable) is not acknowledged before
     the original's write lands, and neither is anything else in it."""
-    engine, storage, _ = await _engine(tmp_path)
+    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=1)
     await engine.submit(_upsert("a"))
     await engine.submit(_grant("a", "g", 10))
     storage.gate = asyncio.Event()
@@ -145,13 +169,8 @@ async def test_full_queue_is_refused_at_once(tmp_path):
     storage.gate = asyncio.Event()
     blocked = [asyncio.ensure_future(engine.submit(_grant("a", "g0", 1)))]
     await asyncio.sleep(0.01)  # g0 is now in the (blocked) write; the queue is empty
-    # The next four are applied at once (they wait behind the blocked write, out of the queue)...
     blocked += [asyncio.ensure_future(engine.submit(_grant("a", f"g{i}", 1))) for i in range(1, 5)]
-    await asyncio.sleep(0.01)
-    # ...and four more, which cannot be applied until that write lands, fill the queue.
-    blocked += [asyncio.ensure_future(engine.submit(_grant("a", f"g{i}", 1))) for i in range(5, 9)]
-    await asyncio.sleep(0.01)
-    assert not any(t.done() for t in blocked)
+    await asyncio.sleep(0.01)  # four waiting: the queue is full
     with pytest.raises(Overloaded):
         await engine.submit(_grant("a", "g-over", 1))
     storage.gate.set()
