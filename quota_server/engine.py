@@ -119,7 +119,8 @@ class Engine:
         self._pending: list[_Pending] = []
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
-        self._enough = asyncio.Event()  # eager_apply_min_ops are queued
+        self._waiter: asyncio.Future | None = None  # the flush loop waiting behind a write
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
         self._accepting = False
@@ -138,6 +139,7 @@ class Engine:
 
     async def start(self) -> None:
         """Take the lease, recover the ledger from storage, start the flush loop."""
+        self._loop = asyncio.get_running_loop()
         self.epoch = await self.storage.acquire_lease(self.owner, self.options.lease_ttl_ms)
         recovered = await self.storage.load()
         retention = self.options.retention_ns
@@ -214,7 +216,7 @@ class Engine:
         self._check_accepting()
         if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending.append(_Pending([op], None if derive is None else [derive], future, True))
         self._queued_ops += 1
         self._wake_up()
@@ -232,7 +234,7 @@ class Engine:
         derives = [derive for _, derive in items]
         if not any(derives):
             derives = None
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending.append(_Pending(ops, derives, future, False))
         self._queued_ops += len(ops)
         self._wake_up()
@@ -244,7 +246,7 @@ class Engine:
         self._check_accepting()
         if self._queued_ops + len(ops) > self.options.max_queue:
             raise Overloaded()
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending.append(_Pending(ops, deriver, future, False))
         self._queued_ops += len(ops)
         self._wake_up()
@@ -252,8 +254,13 @@ class Engine:
 
     def _wake_up(self) -> None:
         self._wake.set()
-        if self._queued_ops >= self.options.eager_apply_min_ops:
-            self._enough.set()
+        if self._waiter is not None and self._queued_ops >= self.options.eager_apply_min_ops:
+            self._release_waiter()
+
+    def _release_waiter(self, _write: asyncio.Future | None = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def read(self, op: tuple) -> tuple:
         """Apply a non-mutating op (CHECK) at once, outside the write path.
@@ -280,11 +287,16 @@ class Engine:
             while self._running:
                 if write is not None and (write.done() or self._queued_ops < eager):
                     if not write.done():
-                        self._enough.clear()
                         if self._queued_ops < eager:
-                            enough = asyncio.ensure_future(self._enough.wait())
-                            await asyncio.wait((write, enough), return_when=asyncio.FIRST_COMPLETED)
-                            enough.cancel()
+                            # Woken by the write landing or by the queue reaching `eager` (a
+                            # bare future: this runs once per flush, asyncio.wait costs more).
+                            waiter = self._waiter = self._loop.create_future()
+                            write.add_done_callback(self._release_waiter)
+                            try:
+                                await waiter
+                            finally:
+                                self._waiter = None
+                                write.remove_done_callback(self._release_waiter)
                         if not write.done():
                             continue  # enough is waiting: apply it behind the write
                     await write  # raises what the write raised
@@ -308,7 +320,7 @@ class Engine:
                     except BaseException:
                         _fail(batch)
                         raise
-                write = asyncio.get_running_loop().create_task(self._write(flush), name="quota-write")
+                write = self._loop.create_task(self._write(flush), name="quota-write")
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
