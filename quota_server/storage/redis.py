@@ -55,6 +55,7 @@ from .base import (
     UsageChunk,
     UsageRow,
     check_batch,
+    CODEC_RAW,
     check_limit,
     pack_blob,
     unpack_blob,
@@ -76,7 +77,8 @@ FORMAT_VERSION = 2
 may be zlib-compressed (base.pack_blob). Opening format-1 data marks it 2, so that a server of
 format 1 refuses it from then on instead of misreading a compressed record."""
 OFFLOAD_BYTES = 64 * 1024
-"""Blobs from this size on are compressed on a worker thread, off the event loop."""
+"""Blobs from this size on are compressed, on a worker thread, off the event loop; smaller ones
+(the records of small flushes) are stored as they are."""
 
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 _CURSOR = re.compile(r"(\d+)-(\d+)(?::(\d+))?")
@@ -252,10 +254,11 @@ return {'OK'}
 
 
 async def _pack(data: bytes) -> tuple[bytes, int]:
-    """pack_blob, on a worker thread for a large blob (it would hold the event loop up)."""
+    """pack_blob on a worker thread for a large blob; a smaller one is stored as it is (it
+    would cost the event loop more CPU to compress than it saves Redis)."""
     if len(data) >= OFFLOAD_BYTES:
         return await asyncio.to_thread(pack_blob, data)
-    return pack_blob(data)
+    return data, CODEC_RAW
 
 
 async def _unpack(data: bytes, codec: int, what: str) -> bytes:
