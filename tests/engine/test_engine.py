@@ -92,16 +92,23 @@ async def test_concurrent_ops_share_one_write_and_apply_in_order(tmp_path):
     await engine.stop()
 
 
+async def _blocked_behind_a_write(tmp_path, *, eager: int, credit: int, first_amount: int):
+    """An engine whose account "a" has `credit`, with charge c0 of `first_amount` applied and
+    its write blocked on `storage.gate`: (engine, storage, c0's pending answer)."""
+    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=eager)
+    await engine.submit(_upsert("a"))
+    await engine.submit(_grant("a", "g", credit))
+    storage.gate = asyncio.Event()
+    first = asyncio.ensure_future(engine.submit(_charge("a", "c0", first_amount)))
+    await asyncio.sleep(0.01)  # applied, its write blocked
+    return engine, storage, first
+
+
 async def test_a_big_group_is_applied_during_the_write_and_small_calls_wait(tmp_path):
     """While a write is in flight, a few small calls wait for it (they then share one flush),
     but once eager_apply_min_ops are queued they are applied at once, behind the write, and
     answered only after it and their own write have landed."""
-    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=8)
-    await engine.submit(_upsert("a"))
-    await engine.submit(_grant("a", "g", 1000))
-    storage.gate = asyncio.Event()
-    first = asyncio.ensure_future(engine.submit(_charge("a", "c0", 1)))
-    await asyncio.sleep(0.01)  # applied, its write blocked
+    engine, storage, first = await _blocked_behind_a_write(tmp_path, eager=8, credit=1000, first_amount=1)
     small = [asyncio.ensure_future(engine.submit(_charge("a", f"s{i}", 1))) for i in range(3)]
     await asyncio.sleep(0.01)
     assert not engine.ledger.has_charge("a", "s0"), "3 < 8 queued ops: they wait for the write"
@@ -120,12 +127,7 @@ async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_pat
     """The next batch is applied while the previous one is written; a retry in it (answered
     from the core's idempotency record of an op not yet durable) is not acknowledged before
     the original's write lands, and neither is anything else in it."""
-    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=1)
-    await engine.submit(_upsert("a"))
-    await engine.submit(_grant("a", "g", 10))
-    storage.gate = asyncio.Event()
-    original = asyncio.ensure_future(engine.submit(_charge("a", "c0", 4)))
-    await asyncio.sleep(0.01)  # applied, its write blocked
+    engine, storage, original = await _blocked_behind_a_write(tmp_path, eager=1, credit=10, first_amount=4)
     retry = asyncio.ensure_future(engine.submit(_charge("a", "c0", 4)))
     other = asyncio.ensure_future(engine.submit(_charge("a", "c1", 1)))
     await asyncio.sleep(0.01)
