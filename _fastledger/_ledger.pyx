@@ -45,6 +45,45 @@ cdef class Bucket:
     pass
 
 
+cdef extern from *:
+    """
+    #define fl_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
+    """
+    void fl_prefetch(const void* p) noexcept nogil
+
+cdef enum:
+    PREFETCH_AHEAD = 6
+
+
+cdef inline void prefetch_op(Ledger L, object op) noexcept:
+    """Start loading the reservation-table slot a reserve/commit/release/extend/charge a few
+    ops ahead will probe: on a table larger than the caches that probe is a memory miss, and
+    the core would otherwise wait for it op after op. Anything unexpected: do nothing."""
+    cdef PyObject* a
+    cdef int64_t c
+    cdef uint8_t kind
+    cdef object aid, rid
+    if not PyTuple_CheckExact(op) or PyTuple_GET_SIZE(op) < 3:
+        return
+    if not get_i64(<object>PyTuple_GET_ITEM(op, 0), &c):
+        return
+    if c == OP_CHARGE:
+        kind = REC_CHARGE
+    elif OP_RESERVE <= c <= OP_EXTEND:
+        kind = REC_HOLD
+    else:
+        return
+    aid = <object>PyTuple_GET_ITEM(op, 1)
+    rid = <object>PyTuple_GET_ITEM(op, 2)
+    if not (PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid)
+            and PyUnicode_CheckExact(rid) and PyUnicode_IS_ASCII(rid)):
+        return
+    a = acct_find(&L.accts, aid)
+    if a == NULL:
+        return
+    fl_prefetch(&L.recs.slots[rec_hash(<Account>a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid)) & L.recs.mask])
+
+
 @cython.final
 cdef class Ledger:
     """The ledger. `apply` judges a batch of op tuples at `now_ns`; `take_journal` returns the
@@ -103,6 +142,8 @@ cdef class Ledger:
         results = PyList_New(n)
         self.replayed_at = []
         for i in range(n):
+            if i + PREFETCH_AHEAD < n:
+                prefetch_op(self, <object>items[i + PREFETCH_AHEAD])
             self.replayed = False
             r = apply_one(self, <object>items[i], now)
             if self.replayed:

@@ -184,3 +184,24 @@ def test_grant_already_expired_is_refused(d):
     d.advance(10)
     assert d(grant(expires_ns=10)) == (C.INVALID_ARGUMENT,)
     assert d(grant(expires_ns=11)) == (C.OK, 100)
+
+
+def test_odd_ops_further_down_a_batch_change_nothing_before_their_turn() -> None:
+    """`apply` looks a few ops ahead to prefetch what they will probe; ops of any shape there
+    (not tuples, short, huge or wrong-typed codes, str subclasses, unknown accounts) must not
+    change any result: a long mixed batch answers exactly as its ops applied one by one."""
+    import _fastledger
+
+    class Id(str):
+        pass
+
+    odd = [[C.OP_RESERVE, "a", "r"], (C.OP_RESERVE,), (2 ** 70, "a", "r"), ("3", "a", "r"), (True, "a", "r"),
+           (C.OP_COMMIT, Id("a"), Id("r1")), (C.OP_COMMIT, "nobody", "r1"), (C.OP_CHARGE, "a", "é"), None, 7]
+    ops = [upsert("a", plan="free"), grant("a", "g", 1000)]
+    for i, bad in enumerate(odd):
+        ops += [reserve("a", f"r{i}", 5), bad, commit("a", f"r{i}", 3)]
+    one_by_one = _fastledger.Ledger()
+    expected = [one_by_one.apply([op], 10**15)[0] for op in ops]
+    together = _fastledger.Ledger()
+    assert together.apply(ops, 10**15) == expected
+    assert together.take_journal() and together.account_view("a", 10**15) == one_by_one.account_view("a", 10**15)
