@@ -3,9 +3,9 @@
 RPC handlers submit op tuples; the engine groups whatever arrived while the previous write was
 in flight into the next batch, applies it to the core in one synchronous step, persists the
 batch's journal record (plus its usage rows and events) in one storage write, and only then
-resolves the waiting handlers. At most one write is in flight, and the next batch is applied
-while it is (CPU and disk overlap); writes land, and callers are answered, in batch order. The
-queue is bounded.
+resolves the waiting handlers. At most one write is in flight; a large enough next batch is
+applied while it is (CPU and disk overlap). Writes land, and callers are answered, in batch
+order. The queue is bounded.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ log = logging.getLogger("quota.engine")
 # An extra given with an op: called with (op, result, fresh, now_ms) after apply, it returns
 # the usage rows and events the op produced (derived data persisted in the same write).
 Derive = Callable[[tuple, tuple, bool, int], tuple[list[UsageRow], list[tuple[str, str, dict]]]]
-
 
 
 class GroupDeriver(Protocol):
@@ -216,11 +215,7 @@ class Engine:
         self._check_accepting()
         if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
-        future = self._loop.create_future()
-        self._pending.append(_Pending([op], None if derive is None else [derive], future, True))
-        self._queued_ops += 1
-        self._wake_up()
-        return await future
+        return await self._enqueue([op], None if derive is None else [derive], True)
 
     async def submit_many(self, items: list[tuple[tuple, Derive | None]]) -> list[tuple]:
         """Apply several mutations (Batch) in order; their results once all are durable.
@@ -234,11 +229,7 @@ class Engine:
         derives = [derive for _, derive in items]
         if not any(derives):
             derives = None
-        future = self._loop.create_future()
-        self._pending.append(_Pending(ops, derives, future, False))
-        self._queued_ops += len(ops)
-        self._wake_up()
-        return await future
+        return await self._enqueue(ops, derives, False)
 
     async def submit_group(self, ops: list[tuple], deriver: GroupDeriver) -> list[tuple]:
         """`submit_many` for a group whose usage and events one object derives for all its ops
@@ -246,16 +237,17 @@ class Engine:
         self._check_accepting()
         if self._queued_ops + len(ops) > self.options.max_queue:
             raise Overloaded()
-        future = self._loop.create_future()
-        self._pending.append(_Pending(ops, deriver, future, False))
-        self._queued_ops += len(ops)
-        self._wake_up()
-        return await future
+        return await self._enqueue(ops, deriver, False)
 
-    def _wake_up(self) -> None:
+    def _enqueue(self, ops: list[tuple], derives: Any, single: bool) -> asyncio.Future:
+        """Queue a submission (checked by the caller) and wake the flush loop; its future."""
+        future = self._loop.create_future()
+        self._pending.append(_Pending(ops, derives, future, single))
+        self._queued_ops += len(ops)
         self._wake.set()
         if self._waiter is not None and self._queued_ops >= self.options.eager_apply_min_ops:
             self._release_waiter()
+        return future
 
     def _release_waiter(self, _write: asyncio.Future | None = None) -> None:
         waiter = self._waiter
