@@ -82,6 +82,7 @@ class ServerConfig:
     max_batch_ops: int = 1_000  # ops in one Batch RPC
     grace_period_ms: int = 10_000  # on SIGTERM: time to finish and persist in-flight work
     flush_max_ops: int = 4_096  # operations in one persisted batch
+    flush_window_us: int = 2_000  # adaptive group commit: longest wait for more small ops
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,7 +362,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
 
 def _parse_server(data: object) -> ServerConfig:
     t = _Table(data, "server", ("listen", "max_queue", "max_message_bytes", "max_batch_ops",
-                                "grace_period_ms", "flush_max_ops"))
+                                "grace_period_ms", "flush_max_ops", "flush_window_us"))
     d = ServerConfig()
     max_queue = t.integer("max_queue", d.max_queue, minimum=1, maximum=10**9)
     return ServerConfig(
@@ -373,6 +374,7 @@ def _parse_server(data: object) -> ServerConfig:
                                 maximum=max_queue),
         grace_period_ms=t.duration_ms("grace_period_ms", d.grace_period_ms, minimum=0),
         flush_max_ops=t.integer("flush_max_ops", d.flush_max_ops, minimum=1, maximum=10**9),
+        flush_window_us=t.integer("flush_window_us", d.flush_window_us, minimum=0, maximum=1_000_000),
     )
 
 

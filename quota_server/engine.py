@@ -4,8 +4,9 @@ RPC handlers submit op tuples; the engine groups whatever arrived while the prev
 in flight into the next batch, applies it to the core in one synchronous step, persists the
 batch's journal record (plus its usage rows and events) in one storage write, and only then
 resolves the waiting handlers. At most one write is in flight; a large enough next batch is
-applied while it is (CPU and disk overlap). Writes land, and callers are answered, in batch
-order. The queue is bounded.
+applied while it is (CPU and disk overlap). When many small calls arrive one after another, a
+small batch waits up to `flush_window_us` for more (an adaptive window, see `_linger`). Writes
+land, and callers are answered, in batch order. The queue is bounded.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class GroupDeriver(Protocol):
 
 
 EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and increasing
+LINGER_RELEARN_EVERY = 16  # every n-th decision may run a whole window (see Engine._linger)
+LINGER_BACKOFF_MAX = 64  # most relearning windows skipped after ones that brought nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +55,7 @@ class EngineOptions:
     max_queue: int = 100_000
     max_batch: int = 16_384
     eager_apply_min_ops: int = 256  # see Engine._flush_loop
+    flush_window_us: int = 2_000  # adaptive group commit, see Engine._linger (0: never wait)
     sweep_max_items: int = 1_000
     sweep_interval_ms: int = 250
     snapshot_every_records: int = 20_000
@@ -118,7 +122,14 @@ class Engine:
         self._pending: list[_Pending] = []
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
-        self._waiter: asyncio.Future | None = None  # the flush loop waiting behind a write
+        self._waiter: asyncio.Future | None = None  # the flush loop waiting behind a write or lingering
+        self._window_s = options.flush_window_us / 1e6
+        self._linger_skip = 0  # relearning waits to skip (see _linger)
+        self._linger_backoff = 0
+        self._lingers = 0
+        self._crowd = 0.0  # ops a whole window usually gathers
+        self._wake_at_ops = options.eager_apply_min_ops  # queued ops that end a wait
+        self.windows_run_out = 0  # waits for more ops that ran the whole window (see _linger)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
@@ -245,7 +256,7 @@ class Engine:
         self._pending.append(_Pending(ops, derives, future, single))
         self._queued_ops += len(ops)
         self._wake.set()
-        if self._waiter is not None and self._queued_ops >= self.options.eager_apply_min_ops:
+        if self._waiter is not None and self._queued_ops >= self._wake_at_ops:
             self._release_waiter()
         return future
 
@@ -272,7 +283,8 @@ class Engine:
         CPU work with the write, and written as soon as N has landed. Fewer wait for N to land
         (so small calls share one flush instead of paying for many). Writes land in order, and a
         batch is answered only once its write (and so every earlier one) has landed. At most
-        one applied batch waits behind the write in flight."""
+        one applied batch waits behind the write in flight. With no write in flight, a batch
+        of fewer than `eager_apply_min_ops` may first wait a little for company (`_linger`)."""
         write: asyncio.Task | None = None
         eager = self.options.eager_apply_min_ops
         try:
@@ -300,6 +312,8 @@ class Engine:
                     self._wake.clear()
                     continue
                 self._idle.clear()
+                if write is None and self._queued_ops < eager and self._window_s:
+                    await self._linger()
                 batch = self._take_batch()
                 try:
                     flush = self._apply_batch(batch)
@@ -317,6 +331,54 @@ class Engine:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
             self._die(exc)
+
+    async def _linger(self) -> None:
+        """Adaptive group commit: before taking a small batch, wait up to `flush_window_us` for
+        more ops, so that many small calls arriving one after another share one flush (one
+        storage write, one burst of replies) instead of paying a flush each. It adapts:
+
+        - `_crowd` is how many ops a whole window gathers, learned from the relearning waits
+          (below) that ran the window out. A wait ends as soon as that many ops are queued (or
+          `eager_apply_min_ops`), and none starts when they already are: a few callers in a
+          loop do not wait for ops that will never come, and a lone caller does not wait.
+        - Every LINGER_RELEARN_EVERY-th decision runs a whole window to learn whether more
+          company has come. One that brought no op at all makes the next 1, 2, 4, ... (at most
+          LINGER_BACKOFF_MAX) such relearning waits skipped; one that brought something resets
+          that. A batch that fills `eager_apply_min_ops` (a Batch RPC) never waits.
+        """
+        before = self._queued_ops
+        eager = self.options.eager_apply_min_ops
+        whole = not self._crowd or self._lingers % LINGER_RELEARN_EVERY == 0
+        self._lingers += 1
+        if whole and self._linger_skip:
+            self._linger_skip -= 1
+            whole = False
+        target = eager if whole else min(eager, round(self._crowd))
+        if before >= target:
+            return
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._wake_at_ops = target
+        ran_out = self.windows_run_out
+        timer = loop.call_later(self._window_s, self._window_over)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            self._wake_at_ops = eager
+            timer.cancel()
+        gathered = self._queued_ops
+        if whole and self.windows_run_out != ran_out:  # what a whole window gathers
+            self._crowd = gathered if not self._crowd else self._crowd + (gathered - self._crowd) / 4
+        if gathered > before:
+            self._linger_backoff = 0
+        elif whole:
+            self._linger_backoff = min(2 * self._linger_backoff or 1, LINGER_BACKOFF_MAX)
+            self._linger_skip = self._linger_backoff
+
+    def _window_over(self) -> None:
+        self.windows_run_out += 1
+        self._release_waiter()
 
     def _take_batch(self) -> list[_Pending]:
         """The next batch: queued submissions up to `max_batch` ops (a group is never split)."""

@@ -53,6 +53,7 @@ def engine_options(config) -> EngineOptions:
         retention_ns=config.defaults.idempotency_retention_ms * 1_000_000,
         max_queue=config.server.max_queue,
         max_batch=config.server.flush_max_ops,
+        flush_window_us=config.server.flush_window_us,
         snapshot_every_records=config.storage.snapshot_every_records,
         lease_ttl_ms=config.storage.lease_ttl_ms,
     )

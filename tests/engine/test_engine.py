@@ -211,3 +211,62 @@ async def test_restart_recovers_every_acknowledged_op(tmp_path):
     assert replay == (C.OK, C.DECISION_OK, 1, 99, 0, "")
     assert again.ledger.account_view("a", clock())["available"] == before["available"]
     await again.stop()
+
+
+async def test_small_calls_arriving_one_after_another_share_one_flush(tmp_path):
+    """Adaptive group commit: with no write in flight, a small batch waits up to
+    flush_window_us for more; calls that arrive meanwhile go out in the same single write."""
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=300_000)
+    calls = [asyncio.ensure_future(engine.submit(_upsert("a0")))]
+    for i in range(1, 5):
+        await asyncio.sleep(0.01)  # one after another, well inside the window
+        calls.append(asyncio.ensure_future(engine.submit(_upsert(f"a{i}"))))
+    results = await asyncio.gather(*calls)
+    assert [r[0] for r in results] == [C.OK] * 5
+    assert len(storage.appends) == 1, "the five calls share one write"
+    assert engine.windows_run_out == 1
+    await engine.stop()
+
+
+async def test_without_a_window_each_call_is_flushed_at_once(tmp_path):
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=0)
+    for i in range(5):
+        await asyncio.sleep(0.01)
+        await engine.submit(_upsert(f"a{i}"))
+    assert len(storage.appends) == 5
+    assert engine.windows_run_out == 0
+    await engine.stop()
+
+
+async def test_a_lone_caller_stops_waiting_for_company(tmp_path):
+    """Waits that bring nothing back off: a lone caller in a loop pays the window on a few of
+    its calls (the first, and the rare ones that check whether company has come), not each."""
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=50_000)
+    for i in range(60):
+        assert (await engine.submit(_upsert(f"a{i}")))[0] == C.OK
+    assert len(storage.appends) == 60
+    assert 1 <= engine.windows_run_out <= 2, engine.windows_run_out  # the 1st and 33rd calls
+    await engine.stop()
+
+
+async def test_a_few_callers_in_a_loop_stop_waiting_once_all_of_them_are_queued(tmp_path):
+    """Once a whole window has shown how many calls come together (here the 3 callers), a wait
+    ends as soon as that many are queued instead of running out the window."""
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=200_000)
+
+    async def caller(name: str) -> None:
+        for i in range(20):
+            assert (await engine.submit(_upsert(f"{name}-{i}")))[0] == C.OK
+
+    await asyncio.gather(*(caller(name) for name in ("x", "y", "z")))
+    assert len(storage.appends) <= 25, "the three callers' calls mostly share writes"
+    assert engine.windows_run_out <= 3, engine.windows_run_out  # 60 calls: relearning every 16th wait
+    await engine.stop()
+
+
+async def test_a_large_group_never_waits_for_company(tmp_path):
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=30_000_000, eager_apply_min_ops=64)
+    results = await engine.submit_many([(_upsert(f"a{i}"), None) for i in range(100)])
+    assert [r[0] for r in results] == [C.OK] * 100
+    assert engine.windows_run_out == 0
+    await engine.stop()

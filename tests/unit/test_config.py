@@ -130,7 +130,7 @@ def test_no_file_gives_built_in_defaults():
     assert config.source == BUILTIN_SOURCE
     assert config.server == ServerConfig(
         listen="127.0.0.1:50051", max_queue=10_000, max_message_bytes=4 * 1024 * 1024,
-        max_batch_ops=1_000, grace_period_ms=10_000, flush_max_ops=4_096)
+        max_batch_ops=1_000, grace_period_ms=10_000, flush_max_ops=4_096, flush_window_us=2_000)
     assert config.storage.url.path == "quota-data/quota.db"
     assert (config.storage.snapshot_every_records, config.storage.lease_ttl_ms,
             config.storage.on_lease_held, config.storage.timeout_ms) == (10_000, 10_000,
@@ -176,6 +176,7 @@ max_message_bytes = 1024
 max_batch_ops = 50
 grace_period_ms = 0
 flush_max_ops = 7
+flush_window_us = 0
 
 [storage]
 url = "rediss://user:p%40ss@cache.example:6380/3"
@@ -213,7 +214,7 @@ per_1000 = { input_tokens = 0 }
     config = load_config(str(path))
     assert config.server == ServerConfig(listen="[::]:6000", max_queue=50, max_message_bytes=1024,
                                          max_batch_ops=50, grace_period_ms=0,
-                                         flush_max_ops=7)
+                                         flush_max_ops=7, flush_window_us=0)
     url = config.storage.url
     assert (url.scheme, url.host, url.port, url.db, url.username, url.password, url.tls) == \
         ("rediss", "cache.example", 6380, 3, "user", "p@ss", True)
@@ -303,6 +304,7 @@ def test_unquoted_dotted_action_gets_a_hint():
 INT_KEYS = [
     ({"server": {"max_queue": True}}, "server.max_queue"),
     ({"server": {"grace_period_ms": False}}, "server.grace_period_ms"),
+    ({"server": {"flush_window_us": True}}, "server.flush_window_us"),
     ({"storage": {"lease_ttl_ms": True}}, "storage.lease_ttl_ms"),
     ({"defaults": {"hold_ttl_ms": True}}, "defaults.hold_ttl_ms"),
     (plan_with(included_credits=True), "plans.free.included_credits"),
@@ -377,6 +379,7 @@ def test_sections_must_be_tables(doc, key):
     ({"server": {"max_queue": 0}}, "server.max_queue: must be a positive integer, got 0"),
     ({"defaults": {"hold_ttl_ms": 0}}, "defaults.hold_ttl_ms: must be a positive integer, got 0"),
     ({"storage": {"lease_ttl_ms": 0}}, "storage.lease_ttl_ms: must be a positive integer, got 0"),
+    ({"server": {"flush_window_us": -1}}, "server.flush_window_us: must not be negative, got -1"),
 ])
 def test_out_of_range_values(doc, expected):
     assert error_of(doc) == expected
