@@ -1794,3 +1794,86 @@ cdef class BatchWork:
             PyMem_Free(out.p)
             PyMem_Free(sub.p)
         return blob
+
+
+# ---------------------------------------------------------------------------------------- RESP
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+
+
+cdef Py_ssize_t RESP_COPY_MAX = 1 << 20
+
+
+cdef inline int fmt_decimal(long long v, char* digits) noexcept nogil:
+    """Write `v` in decimal at the end of `digits` (24 chars); the index of its first char."""
+    cdef int i = 24
+    cdef unsigned long long u = (<unsigned long long>0 - <unsigned long long>v) if v < 0 else <unsigned long long>v
+    while True:
+        i -= 1
+        digits[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        i -= 1
+        digits[i] = b'-'
+    return i
+
+
+cdef inline int buf_bulk(Buf* b, const char* p, Py_ssize_t n) except -1:
+    """One RESP bulk string: $<n>\r\n<bytes>\r\n."""
+    cdef char digits[24]
+    cdef int i = fmt_decimal(n, digits)
+    buf_byte(b, b'$')
+    buf_put(b, digits + i, 24 - i)
+    buf_put(b, b"\r\n", 2)
+    buf_put(b, p, n)
+    return buf_put(b, b"\r\n", 2)
+
+
+def resp_command(tuple args):
+    """The Redis protocol (RESP) encoding of one command, an array of bulk strings, built in
+    one buffer: what redis-py's `Connection.pack_command` makes for these arguments, argument
+    by argument in Python. Arguments must be bytes, str (sent as UTF-8) or int (not bool, in
+    the int64 range); None if one is not (the caller lets redis-py encode, or refuse, them),
+    or if a bytes argument is over 1 MiB (redis-py sends those without copying them)."""
+    cdef Buf b
+    cdef Py_ssize_t n, i, count = len(args)
+    cdef const char* p
+    cdef long long v
+    cdef int overflow, start
+    cdef char digits[24]
+    cdef object a
+    cdef type t
+    b.p = NULL
+    b.n = 0
+    b.cap = 0
+    try:
+        buf_grow(&b, 64 + 32 * count)
+        start = fmt_decimal(count, digits)
+        buf_byte(&b, b'*')
+        buf_put(&b, digits + start, 24 - start)
+        buf_put(&b, b"\r\n", 2)
+        for i in range(count):
+            a = args[i]
+            t = type(a)
+            if t is bytes:
+                n = PyBytes_GET_SIZE(a)
+                if n > RESP_COPY_MAX:
+                    return None  # redis-py sends a large blob without copying it
+                buf_bulk(&b, PyBytes_AS_STRING(a), n)
+            elif t is str:
+                p = PyUnicode_AsUTF8AndSize(a, &n)
+                buf_bulk(&b, p, n)
+            elif t is int:
+                v = PyLong_AsLongLongAndOverflow(a, &overflow)
+                if overflow:
+                    return None
+                start = fmt_decimal(v, digits)
+                buf_bulk(&b, digits + start, 24 - start)
+            else:
+                return None
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        PyMem_Free(b.p)

@@ -94,6 +94,20 @@ async def test_flushed_script_cache_is_reloaded(opened) -> None:
     assert (await store.load()).last_seq == 1
 
 
+async def test_commands_are_packed_in_one_go(opened) -> None:
+    """The store's connections pack commands with _wire.resp_command (tests/storage/
+    test_resp_packing.py checks the bytes), and Redis understands them."""
+    from quota_server.storage.redis import _Connection
+
+    store = await opened()
+    assert store.client.connection_pool.connection_class is _Connection
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r\x00\r\n1", [UsageRow("acct-é", 5, b"u1")], [])
+    recovered = await store.load()
+    assert recovered.records == [(1, b"r\x00\r\n1")]
+    assert [r.payload for r in (await store.list_usage("acct-é", 0, 10**15, 10, None))[0]] == [b"u1"]
+
+
 async def test_second_process_gets_the_lease_only_after_expiry(opened) -> None:
     """Two clients: the second is refused until the PX expires, then the first is fenced."""
     first, second = await opened(), await opened()
