@@ -77,19 +77,26 @@ class _Pending:
 
 
 class _Flush:
-    """One applied batch on its way to storage: what to write and whom to answer."""
+    """Applied batches on their way to storage, as one record: what to write and whom to
+    answer. Open (more batches may be applied into it) until `Engine._seal` takes the core's
+    journal, which then covers every batch applied into it."""
 
-    __slots__ = ("batch", "results", "seq", "record", "usage", "packed", "events", "snapshot")
+    __slots__ = ("parts", "n_ops", "seq", "record", "usage", "packed", "event_specs", "events", "snapshot")
 
-    def __init__(self, batch: list[_Pending], results: list[tuple]) -> None:
-        self.batch = batch
-        self.results = results
+    def __init__(self) -> None:
+        self.parts: list[tuple[list[_Pending], list[tuple]]] = []  # (batch, its apply's results)
+        self.n_ops = 0
         self.seq = 0
-        self.record = b""  # empty: the batch changed nothing durable (only the answers wait)
+        self.record = b""  # empty: the batches changed nothing durable (only the answers wait)
         self.usage: list[UsageRow] = []
         self.packed: list[UsageChunk] = []
+        self.event_specs: list[tuple[str, str, dict, int]] = []  # (type, account, attrs, at_ms)
         self.events: list[EventRow] = []
         self.snapshot: bytes | None = None
+
+    def fail(self) -> None:
+        for batch, _ in self.parts:
+            _fail(batch)
 
 
 def _fail(batch: list[_Pending]) -> None:
@@ -286,25 +293,38 @@ class Engine:
         one applied batch waits behind the write in flight. With no write in flight, a batch
         of fewer than `eager_apply_min_ops` may first wait a little for company (`_linger`)."""
         write: asyncio.Task | None = None
+        applied: _Flush | None = None  # applied behind the write in flight, not yet sealed
         eager = self.options.eager_apply_min_ops
+        room = self.options.max_batch
         try:
             while self._running:
-                if write is not None and (write.done() or self._queued_ops < eager):
-                    if not write.done():
-                        if self._queued_ops < eager:
-                            # Woken by the write landing or by the queue reaching `eager` (a
-                            # bare future: this runs once per flush, asyncio.wait costs more).
-                            waiter = self._waiter = self._loop.create_future()
-                            write.add_done_callback(self._release_waiter)
-                            try:
-                                await waiter
-                            finally:
-                                self._waiter = None
-                                write.remove_done_callback(self._release_waiter)
-                        if not write.done():
-                            continue  # enough is waiting: apply it behind the write
-                    await write  # raises what the write raised
+                if write is not None and not write.done():
+                    if self._queued_ops >= eager and (applied is None or applied.n_ops < room):
+                        # Enough is waiting: apply it now, behind the write (into the same
+                        # record as whatever was applied behind it already).
+                        applied = self._apply_taken(applied, room - (applied.n_ops if applied else 0))
+                        continue
+                    # Woken by the write landing or by the queue reaching `eager` (a bare
+                    # future: this runs once per flush, asyncio.wait costs more).
+                    waiter = self._waiter = self._loop.create_future()
+                    write.add_done_callback(self._release_waiter)
+                    try:
+                        await waiter
+                    finally:
+                        self._waiter = None
+                        write.remove_done_callback(self._release_waiter)
+                    continue
+                if write is not None:
+                    try:
+                        await write  # raises what the write raised
+                    except BaseException:
+                        if applied is not None:
+                            applied.fail()
+                        raise
                     write = None
+                if applied is not None:
+                    write = self._start_write(applied)
+                    applied = None
                     continue
                 if not self._pending:
                     self._idle.set()
@@ -312,21 +332,9 @@ class Engine:
                     self._wake.clear()
                     continue
                 self._idle.clear()
-                if write is None and self._queued_ops < eager and self._window_s:
+                if self._queued_ops < eager and self._window_s:
                     await self._linger()
-                batch = self._take_batch()
-                try:
-                    flush = self._apply_batch(batch)
-                except BaseException:
-                    _fail(batch)
-                    raise
-                if write is not None:
-                    try:
-                        await write
-                    except BaseException:
-                        _fail(batch)
-                        raise
-                write = self._loop.create_task(self._write(flush), name="quota-write")
+                write = self._start_write(self._apply_taken(None, room))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
@@ -380,12 +388,12 @@ class Engine:
         self.windows_run_out += 1
         self._release_waiter()
 
-    def _take_batch(self) -> list[_Pending]:
-        """The next batch: queued submissions up to `max_batch` ops (a group is never split)."""
+    def _take_batch(self, limit: int) -> list[_Pending]:
+        """The next batch: queued submissions up to `limit` ops (at least one submission: a
+        group is never split)."""
         pending = self._pending
         n_ops = 0
         count = 0
-        limit = self.options.max_batch
         for item in pending:
             size = len(item.ops)
             if count and n_ops + size > limit:
@@ -397,7 +405,19 @@ class Engine:
         self._queued_ops -= n_ops
         return batch
 
-    def _apply_batch(self, batch: list[_Pending]) -> _Flush:
+    def _apply_taken(self, flush: _Flush | None, room: int) -> _Flush:
+        """Take the next batch (at most `room` ops, or one group) and apply it into `flush`
+        (a new one if None); the taken submissions fail if that raises."""
+        batch = self._take_batch(room)
+        try:
+            return self._apply_into(flush, batch)
+        except BaseException:
+            _fail(batch)
+            if flush is not None:
+                flush.fail()
+            raise
+
+    def _apply_into(self, flush: _Flush | None, batch: list[_Pending]) -> _Flush:
         """Apply `batch` to the core and derive what its write carries (synchronous)."""
         now_ns = self.now_ns()
         now_ms = now_ns // 1_000_000
@@ -405,15 +425,19 @@ class Engine:
         for item in batch:
             ops.extend(item.ops)
         results = self.ledger.apply(ops, now_ns)
+        if flush is None:
+            flush = _Flush()
+        flush.parts.append((batch, results))
+        flush.n_ops += len(ops) - 1
         # Ops answered from a stored idempotency record: replays derive no usage or events.
         replayed = set(self.ledger.replayed_indices())
-        record = self.ledger.take_journal()
-        usage: list[UsageRow] = []
-        packed: list[UsageChunk] = []
+        usage = flush.usage
+        packed = flush.packed
         event_specs: list[tuple[str, str, dict]] = []
         expired = self.ledger.take_expired()
         if expired and self.derive_expired is not None:
-            usage, event_specs = self.derive_expired(expired, now_ms)
+            rows, event_specs = self.derive_expired(expired, now_ms)
+            usage.extend(rows)
         index = 1
         for item in batch:
             derives = item.derives
@@ -429,33 +453,47 @@ class Engine:
                         if evs:
                             event_specs.extend(evs)
             index += len(item.ops)
-        flush = _Flush(batch, results)
-        if record:
-            seq = self._applied_seq + 1
-            self._applied_seq = seq
-            flush.seq, flush.record, flush.usage, flush.packed = seq, record, usage, packed
-            flush.events = [
-                EventRow(
-                    event_id=seq * EVENTS_PER_SEQ + n + 1,
-                    account_id=account_id,
-                    type=etype,
-                    at_ms=now_ms,
-                    payload=_encode_attrs(attrs),
-                )
-                for n, (etype, account_id, attrs) in enumerate(event_specs)
-            ]
-            if seq - self._snapshot_seq >= self.options.snapshot_every_records and (
-                self._snapshot_task is None or self._snapshot_task.done()
-            ):
-                # The state after record `seq` is the core's state right now (nothing else
-                # has been applied since), so the snapshot is taken here; it is written once
-                # the record itself has landed.
-                flush.snapshot = self.ledger.snapshot()
-                self._snapshot_seq = seq
+        if event_specs:
+            flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
         return flush
 
+    def _seal(self, flush: _Flush) -> None:
+        """Take the core's journal into `flush`: one record for every batch applied into it."""
+        record = self.ledger.take_journal()
+        if not record:
+            return
+        seq = self._applied_seq + 1
+        self._applied_seq = seq
+        flush.seq, flush.record = seq, record
+        flush.events = [
+            EventRow(
+                event_id=seq * EVENTS_PER_SEQ + n + 1,
+                account_id=account_id,
+                type=etype,
+                at_ms=at_ms,
+                payload=_encode_attrs(attrs),
+            )
+            for n, (etype, account_id, attrs, at_ms) in enumerate(flush.event_specs)
+        ]
+        if seq - self._snapshot_seq >= self.options.snapshot_every_records and (
+            self._snapshot_task is None or self._snapshot_task.done()
+        ):
+            # The state after record `seq` is the core's state right now (nothing else has
+            # been applied since its journal was taken), so the snapshot is taken here; it is
+            # written once the record itself has landed.
+            flush.snapshot = self.ledger.snapshot()
+            self._snapshot_seq = seq
+
+    def _start_write(self, flush: _Flush) -> asyncio.Task:
+        try:
+            self._seal(flush)
+        except BaseException:
+            flush.fail()
+            raise
+        return self._loop.create_task(self._write(flush), name="quota-write")
+
     async def _write(self, flush: _Flush) -> None:
-        """Persist one applied batch (retrying until it lands), then answer its callers."""
+        """Persist one sealed flush (retrying until it lands), then answer its callers."""
         try:
             if flush.record:
                 await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed)
@@ -463,15 +501,15 @@ class Engine:
             # Lost lease: stop serving at once (before these callers hear "shutting down").
             if not isinstance(exc, asyncio.CancelledError):
                 self._die(exc)
-            _fail(flush.batch)
+            flush.fail()
             raise
-        results = flush.results
-        index = 1
-        for item in flush.batch:
-            size = len(item.ops)
-            if not item.future.done():
-                item.future.set_result(results[index] if item.single else results[index:index + size])
-            index += size
+        for batch, results in flush.parts:
+            index = 1
+            for item in batch:
+                size = len(item.ops)
+                if not item.future.done():
+                    item.future.set_result(results[index] if item.single else results[index:index + size])
+                index += size
         if flush.snapshot is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(
                 self._write_snapshot(flush.seq, flush.snapshot)

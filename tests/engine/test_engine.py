@@ -123,6 +123,33 @@ async def test_a_big_group_is_applied_during_the_write_and_small_calls_wait(tmp_
     await engine.stop()
 
 
+async def test_groups_applied_behind_a_write_share_the_next_record(tmp_path):
+    """Groups that arrive one after another while a write is in flight are each applied at
+    once, into one open flush, and written together as one record when that write has landed;
+    a restart replays that record to the same state."""
+    engine, storage, first = await _blocked_behind_a_write(tmp_path, eager=4, credit=1000, first_amount=1)
+    groups = []
+    for g in range(3):
+        groups.append(asyncio.ensure_future(
+            engine.submit_many([(_charge("a", f"g{g}-{i}", 1), None) for i in range(5)])))
+        await asyncio.sleep(0.01)
+        assert engine.ledger.has_charge("a", f"g{g}-4"), "applied at once, behind the write"
+    assert not first.done() and not any(g.done() for g in groups)
+    writes_before = len(storage.appends)
+    storage.gate.set()
+    results = await asyncio.gather(first, *groups)
+    assert len(storage.appends) - writes_before == 2  # the blocked one, then the three groups together
+    assert [r[3] for group in results[1:] for r in group] == list(range(998, 983, -1))
+    now = engine.now_ns()
+    before = engine.ledger.account_view("a", now)
+    await engine.stop()
+    await engine.storage.close()
+    again, _, _ = await _engine(tmp_path)
+    assert again.ledger.account_view("a", now) == before
+    assert (await again.submit(_charge("a", "g1-2", 1)))[3] == 991  # replayed from its record
+    await again.stop()
+
+
 async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_path):
     """The next batch is applied while the previous one is written; a retry in it (answered
     from the core's idempotency record of an op not yet durable) is not acknowledged before
