@@ -24,6 +24,7 @@ import _fastledger
 from _fastledger import codes as C
 
 from .errors import Overloaded, ShuttingDown, Unavailable
+from .snapshotter import CAN_FORK, ForkedSnapshot, fork_snapshot
 from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageChunk, UsageRow
 
 log = logging.getLogger("quota.engine")
@@ -59,6 +60,7 @@ class EngineOptions:
     sweep_max_items: int = 1_000
     sweep_interval_ms: int = 250
     snapshot_every_records: int = 20_000
+    snapshot_fork: bool = True  # serialize snapshots in a forked child (see snapshotter)
     lease_ttl_ms: int = 10_000
     retry_backoff_min_ms: int = 5
     retry_backoff_max_ms: int = 500
@@ -92,7 +94,7 @@ class _Flush:
         self.packed: list[UsageChunk] = []
         self.event_specs: list[tuple[str, str, dict, int]] = []  # (type, account, attrs, at_ms)
         self.events: list[EventRow] = []
-        self.snapshot: bytes | None = None
+        self.snapshot: bytes | ForkedSnapshot | None = None
 
     def fail(self) -> None:
         for batch, _ in self.parts:
@@ -481,8 +483,18 @@ class Engine:
             # The state after record `seq` is the core's state right now (nothing else has
             # been applied since its journal was taken), so the snapshot is taken here; it is
             # written once the record itself has landed.
-            flush.snapshot = self.ledger.snapshot()
+            flush.snapshot = self._snapshot_now()
             self._snapshot_seq = seq
+
+    def _snapshot_now(self) -> bytes | ForkedSnapshot:
+        """The core's state as it is now: serialized by a forked child (see snapshotter) when
+        `snapshot_fork` is on and the platform can fork, else here, on the event loop."""
+        if self.options.snapshot_fork and CAN_FORK:
+            try:
+                return fork_snapshot(self.ledger)
+            except OSError as exc:
+                log.warning("cannot fork for the snapshot (%s); taking it on the event loop", exc)
+        return self.ledger.snapshot()
 
     def _start_write(self, flush: _Flush) -> asyncio.Task:
         try:
@@ -545,12 +557,15 @@ class Engine:
         if self.on_health_change is not None:
             self.on_health_change(not down)
 
-    async def _write_snapshot(self, seq: int, blob: bytes) -> None:
+    async def _write_snapshot(self, seq: int, blob: bytes | ForkedSnapshot) -> None:
         try:
+            if isinstance(blob, ForkedSnapshot):
+                blob = await blob.result()
             await self.storage.write_snapshot(self.epoch, seq, blob)
         except Fenced as exc:
             self._die(exc)
-        except Exception as exc:  # the journal still has everything; try again later
+        except Exception as exc:  # the journal still has everything; try again later (a
+            # SnapshotFailed child included)
             log.warning("snapshot at seq %d failed: %s", seq, exc)
             self._snapshot_seq = min(self._snapshot_seq, seq - self.options.snapshot_every_records)
 

@@ -1,0 +1,87 @@
+"""Snapshots serialized by a forked child: the same bytes as Ledger.snapshot(), failures
+reported, and the engine's snapshots (taken that way by default) recover the same state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import _fastledger
+from _fastledger import codes as C
+from quota_server import snapshotter
+from quota_server.engine import Engine, EngineOptions
+from quota_server.storage.sqlite import SqliteStorage
+
+pytestmark = pytest.mark.skipif(not snapshotter.CAN_FORK, reason="the platform cannot fork")
+
+NOW = 1_700_000_000 * 10**9
+
+
+def _ledger(accounts: int) -> _fastledger.Ledger:
+    ledger = _fastledger.Ledger()
+    ops = []
+    for i in range(accounts):
+        ops.append((C.OP_UPSERT, f"acct-{i}", "default", 0, None, None, None))
+        ops.append((C.OP_GRANT, f"acct-{i}", f"g{i}", 1, 1000 + i, C.LOT_PURCHASED, 0, 0))
+        ops.append((C.OP_RESERVE, f"acct-{i}", f"r{i}", 7, 10, False, 0, 60 * 10**9, C.EXPIRE_RELEASE,
+                    True, (), b"m"))
+    assert all(r[0] == C.OK for r in ledger.apply(ops, NOW))
+    ledger.take_journal()
+    return ledger
+
+
+async def test_the_child_writes_the_same_bytes_as_the_parent():
+    ledger = _ledger(2_000)
+    expected = ledger.snapshot()
+    job = snapshotter.fork_snapshot(ledger)
+    # the parent may go on changing the ledger: the child has its own copy of that instant
+    ledger.apply([(C.OP_UPSERT, "later", "default", 0, None, None, None)], NOW)
+    assert await job.result() == expected
+    assert _fastledger.Ledger.from_snapshot(expected).account_view("later", NOW) is None
+
+
+async def test_a_child_that_fails_is_reported():
+    class Broken:
+        def snapshot(self):
+            raise MemoryError("no room")
+
+    with pytest.raises(snapshotter.SnapshotFailed, match="wait status"):
+        await snapshotter.fork_snapshot(Broken()).result()
+
+
+async def test_engine_snapshots_are_taken_in_a_child_and_recover(tmp_path, monkeypatch):
+    forks = []
+    real_fork = snapshotter.fork_snapshot
+
+    def counting_fork(ledger):
+        forks.append(1)
+        return real_fork(ledger)
+
+    monkeypatch.setattr("quota_server.engine.fork_snapshot", counting_fork)
+
+    async def engine() -> Engine:
+        storage = SqliteStorage(str(tmp_path / "q.db"))
+        await storage.open()
+        eng = Engine(storage=storage, owner="t", options=EngineOptions(
+            sweep_interval_ms=3_600_000, snapshot_every_records=4, flush_window_us=0))
+        await eng.start()
+        return eng
+
+    eng = await engine()
+    await eng.submit((C.OP_UPSERT, "a", "default", 0, None, None, None))
+    await eng.submit((C.OP_GRANT, "a", "g", 1, 100, C.LOT_PURCHASED, 0, 0))
+    for i in range(10):
+        await eng.submit((C.OP_CHARGE, "a", f"c{i}", 7, 1, True, ()))
+    await asyncio.sleep(0.05)
+    view = eng.ledger.account_view("a", eng.now_ns())
+    await eng.stop()
+    recovered = await eng.storage.load()
+    await eng.storage.close()
+    assert forks and recovered.snapshot_seq > 0, "a snapshot was written, by a child"
+    assert recovered.snapshot == _fastledger.Ledger.from_snapshot(recovered.snapshot).snapshot()
+    again = await engine()
+    assert again.ledger.account_view("a", again.now_ns()) == view
+    assert view["available"] == 90
+    await again.stop()
+    await again.storage.close()
