@@ -92,6 +92,7 @@ class StorageConfig:
     lease_ttl_ms: int = 10_000  # ownership lease; renewed well before it runs out
     on_lease_held: str = "fail"  # another live owner holds the lease: "fail" or "wait"
     timeout_ms: int = 5_000  # one storage round trip; slower counts as failed, then retried
+    snapshot_fork: bool = True  # serialize snapshots in a forked child, off the event loop
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,7 +381,7 @@ def _parse_server(data: object) -> ServerConfig:
 
 def _parse_storage(data: object) -> StorageConfig:
     t = _Table(data, "storage", ("url", "snapshot_every_records", "lease_ttl_ms",
-                                 "on_lease_held", "timeout_ms"))
+                                 "on_lease_held", "timeout_ms", "snapshot_fork"))
     d = StorageConfig()
     url_text = t.string("url", DEFAULT_STORAGE_URL)
     try:
@@ -395,6 +396,7 @@ def _parse_storage(data: object) -> StorageConfig:
         lease_ttl_ms=t.duration_ms("lease_ttl_ms", d.lease_ttl_ms),
         on_lease_held=t.choice("on_lease_held", d.on_lease_held, ON_LEASE_HELD),
         timeout_ms=t.duration_ms("timeout_ms", d.timeout_ms),
+        snapshot_fork=t.boolean("snapshot_fork", d.snapshot_fork),
     )
 
 

@@ -55,6 +55,7 @@ def engine_options(config) -> EngineOptions:
         max_batch=config.server.flush_max_ops,
         flush_window_us=config.server.flush_window_us,
         snapshot_every_records=config.storage.snapshot_every_records,
+        snapshot_fork=config.storage.snapshot_fork,
         lease_ttl_ms=config.storage.lease_ttl_ms,
     )
 

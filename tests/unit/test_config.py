@@ -133,8 +133,8 @@ def test_no_file_gives_built_in_defaults():
         max_batch_ops=1_000, grace_period_ms=10_000, flush_max_ops=4_096, flush_window_us=2_000)
     assert config.storage.url.path == "quota-data/quota.db"
     assert (config.storage.snapshot_every_records, config.storage.lease_ttl_ms,
-            config.storage.on_lease_held, config.storage.timeout_ms) == (10_000, 10_000,
-                                                                         "fail", 5_000)
+            config.storage.on_lease_held, config.storage.timeout_ms,
+            config.storage.snapshot_fork) == (10_000, 10_000, "fail", 5_000, True)
     assert (config.defaults.hold_ttl_ms, config.defaults.hold_ttl_max_ms,
             config.defaults.idempotency_retention_ms) == (60_000, 604_800_000, 86_400_000)
     assert dict(config.prices) == {}
@@ -184,6 +184,7 @@ snapshot_every_records = 9
 lease_ttl_ms = 3000
 on_lease_held = "wait"
 timeout_ms = 250
+snapshot_fork = false
 
 [defaults]
 hold_ttl_ms = 1000
@@ -219,7 +220,8 @@ per_1000 = { input_tokens = 0 }
     assert (url.scheme, url.host, url.port, url.db, url.username, url.password, url.tls) == \
         ("rediss", "cache.example", 6380, 3, "user", "p@ss", True)
     assert (config.storage.snapshot_every_records, config.storage.lease_ttl_ms,
-            config.storage.on_lease_held, config.storage.timeout_ms) == (9, 3000, "wait", 250)
+            config.storage.on_lease_held, config.storage.timeout_ms,
+            config.storage.snapshot_fork) == (9, 3000, "wait", 250, False)
     assert config.defaults.idempotency_retention_ms == 5
     plan = config.plans["pro.v2"]
     assert (plan.period, plan.included_credits, plan.rollover_max, plan.credit_limit,
@@ -329,6 +331,7 @@ def test_booleans_are_not_integers(doc, key):
 @pytest.mark.parametrize("doc, key", [
     (plan_with(unlimited=1), "plans.free.unlimited"),
     (plan_with(unlimited="false"), "plans.free.unlimited"),
+    ({"storage": {"snapshot_fork": 0}}, "storage.snapshot_fork"),
 ])
 def test_integers_are_not_booleans(doc, key):
     assert error_of(doc).startswith(f"{key}: must be true or false, got ")
