@@ -45,6 +45,7 @@ class GroupDeriver(Protocol):
 
 EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and increasing
 LINGER_RELEARN_EVERY = 16  # every n-th decision may run a whole window (see Engine._linger)
+LINGER_ENOUGH_OPS = 16  # a batch this big is not held back for more (see Engine._linger)
 LINGER_BACKOFF_MAX = 64  # most relearning windows skipped after ones that brought nothing
 
 
@@ -139,6 +140,7 @@ class Engine:
         self._crowd = 0.0  # ops a whole window usually gathers
         self._wake_at_ops = options.eager_apply_min_ops  # queued ops that end a wait
         self.windows_run_out = 0  # waits for more ops that ran the whole window (see _linger)
+        self._last_write_s = 0.0  # how long the last storage write took
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
@@ -347,15 +349,22 @@ class Engine:
         more ops, so that many small calls arriving one after another share one flush (one
         storage write, one burst of replies) instead of paying a flush each. It adapts:
 
-        - `_crowd` is how many ops a whole window gathers, learned from the relearning waits
-          (below) that ran the window out. A wait ends as soon as that many ops are queued (or
-          `eager_apply_min_ops`), and none starts when they already are: a few callers in a
-          loop do not wait for ops that will never come, and a lone caller does not wait.
+        - No wait starts while storage writes take the window or longer (SQLite's fsync behind
+          a busy event loop, say): ops gather behind such writes by themselves.
+        - No wait starts, and a wait ends, once LINGER_ENOUGH_OPS are queued: a flush that big
+          spreads its fixed cost thin enough (a slow write, such as SQLite's fsync behind a busy
+          loop, gathers that many by itself, and then nothing waits at all).
+        - `_crowd` is how many ops a whole window gathers (up to that), learned from the
+          relearning waits below. A wait also ends as soon as that many ops are
+          queued, and none starts when they already are: a few callers in a loop do not wait
+          for ops that will never come, and a lone caller does not wait.
         - Every LINGER_RELEARN_EVERY-th decision runs a whole window to learn whether more
           company has come. One that brought no op at all makes the next 1, 2, 4, ... (at most
           LINGER_BACKOFF_MAX) such relearning waits skipped; one that brought something resets
-          that. A batch that fills `eager_apply_min_ops` (a Batch RPC) never waits.
+          that.
         """
+        if self._last_write_s >= self._window_s:
+            return
         before = self._queued_ops
         eager = self.options.eager_apply_min_ops
         whole = not self._crowd or self._lingers % LINGER_RELEARN_EVERY == 0
@@ -363,13 +372,12 @@ class Engine:
         if whole and self._linger_skip:
             self._linger_skip -= 1
             whole = False
-        target = eager if whole else min(eager, round(self._crowd))
+        target = min(eager, LINGER_ENOUGH_OPS if whole else round(self._crowd))
         if before >= target:
             return
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         self._wake_at_ops = target
-        ran_out = self.windows_run_out
         timer = loop.call_later(self._window_s, self._window_over)
         try:
             await waiter
@@ -378,7 +386,7 @@ class Engine:
             self._wake_at_ops = eager
             timer.cancel()
         gathered = self._queued_ops
-        if whole and self.windows_run_out != ran_out:  # what a whole window gathers
+        if whole:  # what a whole window gathers (up to enough)
             self._crowd = gathered if not self._crowd else self._crowd + (gathered - self._crowd) / 4
         if gathered > before:
             self._linger_backoff = 0
@@ -508,7 +516,9 @@ class Engine:
         """Persist one sealed flush (retrying until it lands), then answer its callers."""
         try:
             if flush.record:
+                started = self._loop.time()
                 await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed)
+                self._last_write_s = self._loop.time() - started
         except BaseException as exc:
             # Lost lease: stop serving at once (before these callers hear "shutting down").
             if not isinstance(exc, asyncio.CancelledError):

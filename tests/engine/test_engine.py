@@ -297,3 +297,39 @@ async def test_a_large_group_never_waits_for_company(tmp_path):
     assert [r[0] for r in results] == [C.OK] * 100
     assert engine.windows_run_out == 0
     await engine.stop()
+
+
+async def test_a_wait_ends_once_enough_ops_are_queued(tmp_path):
+    """However long the window, a batch is not held back once LINGER_ENOUGH_OPS are queued."""
+    from quota_server.engine import LINGER_ENOUGH_OPS
+
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=30_000_000)
+    calls = []
+    for i in range(LINGER_ENOUGH_OPS):
+        calls.append(asyncio.ensure_future(engine.submit(_upsert(f"a{i}"))))
+        await asyncio.sleep(0.005)
+    results = await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
+    assert [r[0] for r in results] == [C.OK] * LINGER_ENOUGH_OPS
+    assert len(storage.appends) == 1 and engine.windows_run_out == 0
+    await engine.stop()
+
+
+async def test_no_waiting_for_company_behind_slow_writes(tmp_path):
+    """Writes that take the window or longer gather ops behind them by themselves: once one
+    has, no small batch waits for more."""
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=10_000)
+    real_append = storage.inner.append
+
+    async def slow_append(*args):
+        await asyncio.sleep(0.03)
+        await real_append(*args)
+
+    storage.inner.append = slow_append
+
+    async def caller(name: str) -> None:
+        for i in range(40):  # about 40 flushes: past two of the relearning waits
+            assert (await engine.submit(_upsert(f"{name}-{i}")))[0] == C.OK
+
+    await asyncio.gather(*(caller(name) for name in ("x", "y", "z")))
+    assert engine.windows_run_out <= 1  # only, perhaps, the very first batch's (no write yet)
+    await engine.stop()
