@@ -293,9 +293,10 @@ class Engine:
         RPC, or a crowd of unary calls), they are applied to the core at once, overlapping the
         CPU work with the write, and written as soon as N has landed. Fewer wait for N to land
         (so small calls share one flush instead of paying for many). Writes land in order, and a
-        batch is answered only once its write (and so every earlier one) has landed. At most
-        one applied batch waits behind the write in flight. With no write in flight, a batch
-        of fewer than `eager_apply_min_ops` may first wait a little for company (`_linger`)."""
+        batch is answered only once its write (and so every earlier one) has landed. What is
+        applied behind the write in flight is one open flush (up to `max_batch` ops, sealed
+        into one record when that write lands). With no write in flight, a batch of fewer than
+        `eager_apply_min_ops` may first wait a little for company (`_linger`)."""
         write: asyncio.Task | None = None
         applied: _Flush | None = None  # applied behind the write in flight, not yet sealed
         eager = self.options.eager_apply_min_ops
