@@ -24,7 +24,7 @@ import _fastledger
 from _fastledger import codes as C
 
 from .errors import Overloaded, ShuttingDown, Unavailable
-from .snapshotter import CAN_FORK, ForkedSnapshot, fork_snapshot
+from .snapshotter import ForkedSnapshot, fork_allowed, fork_snapshot
 from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageChunk, UsageRow
 
 log = logging.getLogger("quota.engine")
@@ -497,8 +497,8 @@ class Engine:
 
     def _snapshot_now(self) -> bytes | ForkedSnapshot:
         """The core's state as it is now: serialized by a forked child (see snapshotter) when
-        `snapshot_fork` is on and the platform can fork, else here, on the event loop."""
-        if self.options.snapshot_fork and CAN_FORK:
+        `snapshot_fork` is on and forking is safe (`fork_allowed`), else here, on the loop."""
+        if self.options.snapshot_fork and fork_allowed():
             try:
                 return fork_snapshot(self.ledger)
             except OSError as exc:

@@ -24,6 +24,14 @@ import tempfile
 from typing import Any
 
 CAN_FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
+
+
+def fork_allowed() -> bool:
+    """False where forking this process is not safe: no fork(), or gRPC's own fork handlers
+    switched on (GRPC_ENABLE_FORK_SUPPORT, which grpc.aio does not support: its handlers would
+    run around our fork)."""
+    flag = os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower()
+    return CAN_FORK and flag not in ("1", "true", "yes", "on")
 READ_MAX = 1 << 30
 
 

@@ -89,3 +89,25 @@ async def test_engine_snapshots_are_taken_in_a_child_and_recover(tmp_path, monke
     assert view["available"] == 90
     await again.stop()
     await again.storage.close()
+
+
+async def test_no_fork_when_grpc_fork_support_is_on(tmp_path, monkeypatch):
+    """gRPC's fork handlers (GRPC_ENABLE_FORK_SUPPORT) do not go with grpc.aio: then the
+    snapshot is taken on the event loop."""
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "1")
+    assert not snapshotter.fork_allowed()
+    forks = []
+    monkeypatch.setattr("quota_server.engine.fork_snapshot", lambda ledger: forks.append(1))
+    storage = SqliteStorage(str(tmp_path / "q.db"))
+    await storage.open()
+    eng = Engine(storage=storage, owner="t", options=EngineOptions(
+        sweep_interval_ms=3_600_000, snapshot_every_records=2, flush_window_us=0))
+    await eng.start()
+    for i in range(4):
+        await eng.submit((C.OP_UPSERT, f"a{i}", "default", 0, None, None, None))
+    await asyncio.sleep(0.05)
+    await eng.stop()
+    assert not forks and (await storage.load()).snapshot_seq > 0
+    await storage.close()
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "0")
+    assert snapshotter.fork_allowed()
