@@ -799,21 +799,27 @@ cdef int json_raw_map(Buf* b, const RawMap* m, bint labels) except -1:
     return 0
 
 
-cdef int buf_int(Buf* b, int64_t v) except -1:
-    """str(v) for an int64."""
-    cdef char tmp[24]
-    cdef int k = 24
+cdef inline int fmt_decimal(int64_t v, char* digits) noexcept nogil:
+    """Write str(v) at the end of `digits` (24 chars); the index of its first char."""
+    cdef int i = 24
     cdef uint64_t u = (<uint64_t>0 - <uint64_t>v) if v < 0 else <uint64_t>v
     while True:
-        k -= 1
-        tmp[k] = <char>(48 + u % 10)
+        i -= 1
+        digits[i] = <char>(48 + u % 10)
         u //= 10
         if u == 0:
             break
     if v < 0:
-        k -= 1
-        tmp[k] = 45  # -
-    return buf_put(b, tmp + k, 24 - k)
+        i -= 1
+        digits[i] = 45  # -
+    return i
+
+
+cdef int buf_int(Buf* b, int64_t v) except -1:
+    """str(v) for an int64."""
+    cdef char digits[24]
+    cdef int i = fmt_decimal(v, digits)
+    return buf_put(b, digits + i, 24 - i)
 
 
 cdef bint json_plain(str s):
@@ -1805,28 +1811,10 @@ cdef extern from "Python.h":
 cdef Py_ssize_t RESP_COPY_MAX = 1 << 20
 
 
-cdef inline int fmt_decimal(long long v, char* digits) noexcept nogil:
-    """Write `v` in decimal at the end of `digits` (24 chars); the index of its first char."""
-    cdef int i = 24
-    cdef unsigned long long u = (<unsigned long long>0 - <unsigned long long>v) if v < 0 else <unsigned long long>v
-    while True:
-        i -= 1
-        digits[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if v < 0:
-        i -= 1
-        digits[i] = b'-'
-    return i
-
-
 cdef inline int buf_bulk(Buf* b, const char* p, Py_ssize_t n) except -1:
     """One RESP bulk string: $<n>\r\n<bytes>\r\n."""
-    cdef char digits[24]
-    cdef int i = fmt_decimal(n, digits)
     buf_byte(b, b'$')
-    buf_put(b, digits + i, 24 - i)
+    buf_int(b, n)
     buf_put(b, b"\r\n", 2)
     buf_put(b, p, n)
     return buf_put(b, b"\r\n", 2)
@@ -1851,9 +1839,8 @@ def resp_command(tuple args):
     b.cap = 0
     try:
         buf_grow(&b, 64 + 32 * count)
-        start = fmt_decimal(count, digits)
         buf_byte(&b, b'*')
-        buf_put(&b, digits + start, 24 - start)
+        buf_int(&b, count)
         buf_put(&b, b"\r\n", 2)
         for i in range(count):
             a = args[i]

@@ -353,8 +353,7 @@ class Engine:
         - No wait starts while storage writes take the window or longer (SQLite's fsync behind
           a busy event loop, say): ops gather behind such writes by themselves.
         - No wait starts, and a wait ends, once LINGER_ENOUGH_OPS are queued: a flush that big
-          spreads its fixed cost thin enough (a slow write, such as SQLite's fsync behind a busy
-          loop, gathers that many by itself, and then nothing waits at all).
+          spreads its fixed cost thin enough.
         - `_crowd` is how many ops a whole window gathers (up to that), learned from the
           relearning waits below. A wait also ends as soon as that many ops are
           queued, and none starts when they already are: a few callers in a loop do not wait

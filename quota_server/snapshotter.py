@@ -24,6 +24,7 @@ import tempfile
 from typing import Any
 
 CAN_FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
+READ_MAX = 1 << 30  # one read() returns at most about 2 GiB on Linux
 
 
 def fork_allowed() -> bool:
@@ -32,7 +33,6 @@ def fork_allowed() -> bool:
     run around our fork)."""
     flag = os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower()
     return CAN_FORK and flag not in ("1", "true", "yes", "on")
-READ_MAX = 1 << 30
 
 
 class SnapshotFailed(Exception):
