@@ -173,3 +173,5 @@ cdef class Ledger:
     cdef list expired_log       # holds expired since the last take_expired(), see there
     cdef object exp_obj         # the int last returned as a reserve's expires_ns (expires_int)
     cdef int64_t exp_val        # its value
+    cdef PyObject* hint_aid     # during apply: the current op's account id object, whose
+    cdef PyObject* hint_acct    # account (borrowed) the prefetch found already (acct_get)

@@ -17,6 +17,12 @@ from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object o)
 
+cdef extern from *:
+    """
+    #define fl_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
+    """
+    void fl_prefetch(const void* p) noexcept nogil
+
 include "util.pxi"
 include "heap.pxi"
 include "table.pxi"
@@ -45,43 +51,42 @@ cdef class Bucket:
     pass
 
 
-cdef extern from *:
-    """
-    #define fl_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
-    """
-    void fl_prefetch(const void* p) noexcept nogil
-
 cdef enum:
     PREFETCH_AHEAD = 6
+    PREFETCH_RING = 8           # > PREFETCH_AHEAD
 
 
-cdef inline void prefetch_op(Ledger L, object op) noexcept:
+cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out) noexcept:
     """Start loading the reservation-table slot a reserve/commit/release/extend/charge a few
     ops ahead will probe: on a table larger than the caches that probe is a memory miss, and
-    the core would otherwise wait for it op after op. Anything unexpected: do nothing."""
+    the core would otherwise wait for it op after op. Returns the op's account (borrowed), with
+    its id object in `aid_out`, for `apply` to hand to that op's own lookup (see hint_aid).
+    Anything unexpected: do nothing, NULL."""
     cdef PyObject* a
     cdef int64_t c
     cdef uint8_t kind
     cdef object aid, rid
     if not PyTuple_CheckExact(op) or PyTuple_GET_SIZE(op) < 3:
-        return
+        return NULL
     if not get_i64(<object>PyTuple_GET_ITEM(op, 0), &c):
-        return
+        return NULL
     if c == OP_CHARGE:
         kind = REC_CHARGE
     elif OP_RESERVE <= c <= OP_EXTEND:
         kind = REC_HOLD
     else:
-        return
+        return NULL
     aid = <object>PyTuple_GET_ITEM(op, 1)
     rid = <object>PyTuple_GET_ITEM(op, 2)
     if not (PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid)
             and PyUnicode_CheckExact(rid) and PyUnicode_IS_ASCII(rid)):
-        return
+        return NULL
     a = acct_find(&L.accts, aid)
     if a == NULL:
-        return
+        return NULL
     fl_prefetch(&L.recs.slots[rec_hash(<Account>a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid)) & L.recs.mask])
+    aid_out[0] = <PyObject*>aid
+    return a
 
 
 @cython.final
@@ -141,18 +146,35 @@ cdef class Ledger:
             raise ValueError("now_ns out of range")
         results = PyList_New(n)
         self.replayed_at = []
-        for i in range(n):
-            if i + PREFETCH_AHEAD < n:
-                prefetch_op(self, <object>items[i + PREFETCH_AHEAD])
-            self.replayed = False
-            r = apply_one(self, <object>items[i], now)
-            if self.replayed:
-                self.replayed_at.append(i)
-            # Results are tuples of ints, bools and strs: keep them out of the GC's young
-            # generation (PyObject_GC_UnTrack does nothing to an untracked object).
-            PyObject_GC_UnTrack(r)
-            Py_INCREF(r)
-            PyList_SET_ITEM(results, i, r)
+        # Accounts found by the prefetch of op i (and their id objects), by i % PREFETCH_RING.
+        cdef PyObject* ring_acct[PREFETCH_RING]
+        cdef PyObject* ring_aid[PREFETCH_RING]
+        memset(ring_acct, 0, sizeof(ring_acct))
+        try:
+            for i in range(n):
+                if i + PREFETCH_AHEAD < n:
+                    ring_acct[(i + PREFETCH_AHEAD) % PREFETCH_RING] = prefetch_op(
+                        self, <object>items[i + PREFETCH_AHEAD], &ring_aid[(i + PREFETCH_AHEAD) % PREFETCH_RING])
+                # An account found a few ops ago is still that id's account: accounts are never
+                # removed, and the op tuple keeps its id object alive (so the pointer is not
+                # reused) until apply returns.
+                if ring_acct[i % PREFETCH_RING] != NULL:
+                    self.hint_aid = ring_aid[i % PREFETCH_RING]
+                    self.hint_acct = ring_acct[i % PREFETCH_RING]
+                    ring_acct[i % PREFETCH_RING] = NULL
+                else:
+                    self.hint_aid = NULL
+                self.replayed = False
+                r = apply_one(self, <object>items[i], now)
+                if self.replayed:
+                    self.replayed_at.append(i)
+                # Results are tuples of ints, bools and strs: keep them out of the GC's young
+                # generation (PyObject_GC_UnTrack does nothing to an untracked object).
+                PyObject_GC_UnTrack(r)
+                Py_INCREF(r)
+                PyList_SET_ITEM(results, i, r)
+        finally:
+            self.hint_aid = NULL  # the id objects may be freed once apply returns
         if QUOTA_DEBUG:
             check_invariants(self)
         return results

@@ -260,6 +260,8 @@ cdef inline Account acct_slot(uint64_t s):
 
 cdef inline PyObject* acct_get(Ledger L, object aid) noexcept:
     """The account with id `aid` (borrowed), or NULL; any object (not a valid id: NULL)."""
+    if <PyObject*>aid == L.hint_aid:
+        return L.hint_acct
     if PyUnicode_Check(aid) and PyUnicode_IS_ASCII(aid):
         return acct_find(&L.accts, aid)
     return NULL

@@ -205,3 +205,29 @@ def test_odd_ops_further_down_a_batch_change_nothing_before_their_turn() -> None
     together = _fastledger.Ledger()
     assert together.apply(ops, 10**15) == expected
     assert together.take_journal() and together.account_view("a", 10**15) == one_by_one.account_view("a", 10**15)
+
+
+def test_accounts_found_ahead_are_the_accounts_each_op_acts_on() -> None:
+    """`apply` hands each op the account its prefetch found a few ops earlier. Ops queued for
+    an account before the op that creates it, several accounts sharing one id object, and
+    equal ids in distinct str objects must all answer as the ops applied one by one, and the
+    next `apply` (fresh id objects, maybe at recycled addresses) must not see a stale account."""
+    import _fastledger
+
+    shared = "".join(["sha", "red"])  # one str object used by many ops
+    ops = [reserve("late", f"early{i}", 1) for i in range(8)]  # refused: no account yet
+    ops += [upsert("late"), grant("late", "g", 100), upsert(shared), grant(shared, "g", 100)]
+    for i in range(12):
+        ops += [reserve("late", f"r{i}", 2), reserve(shared, f"r{i}", 3), charge("".join(["sh", "ared"]), f"c{i}", 1),
+                commit("late", f"r{i}", 1), commit(shared, f"r{i}", 2)]
+    one_by_one = _fastledger.Ledger()
+    expected = [one_by_one.apply([op], 10**15)[0] for op in ops]
+    together = _fastledger.Ledger()
+    got = together.apply(ops, 10**15)
+    assert got == expected
+    assert got[0] == (C.ACCOUNT_NOT_FOUND,) and got[-1][0] == C.OK
+    for aid in ("late", "shared"):
+        assert together.account_view(aid, 10**15) == one_by_one.account_view(aid, 10**15)
+    for round_ in range(3):  # new id objects each round; the account of each must be its own
+        batch = [charge(f"{aid}", f"x{round_}-{i}-{aid}", 1) for i in range(10) for aid in ("late", "shared", "nobody")]
+        assert together.apply(batch, 10**15) == [one_by_one.apply([op], 10**15)[0] for op in batch]
