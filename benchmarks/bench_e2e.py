@@ -3,9 +3,10 @@
 Targets (each a separate server process, started and stopped by this script):
 
 - ``floor``: an identical grpc.aio server (same loop: uvloop when installed, same server
-  options, health service) whose QuotaService handlers return at once: an empty
+  options, health service, QuotaService registered as raw-bytes handlers as quota-server
+  registers it, the same garbage-collector tuning) whose handlers return at once: an empty
   ReserveResponse / CommitResponse, and for Batch one empty result of the op's kind per op.
-  It is what gRPC + Python + protobuf cost on this machine with no work at all.
+  It is what gRPC + Python cost on this machine with no work at all.
 - ``sqlite``: the installed ``quota-server`` on a fresh SQLite file (the default: WAL,
   synchronous=FULL, sync durability: every reply waits for its batch to be on disk).
 - optional: ``memory`` (``--memory``: ``memory://`` storage, nothing persisted, if the server
@@ -91,32 +92,36 @@ def free_port() -> int:
 
 
 def serve_floor(listen: str) -> int:
-    """A QuotaService whose handlers do nothing (run in its own process)."""
+    """A QuotaService whose handlers do nothing (run in its own process).
+
+    It is registered the way quota-server registers its own (dataplane.add_quota_service):
+    Reserve, Commit and Batch take and return raw bytes (no protobuf objects in Python), and it
+    tunes the garbage collector as quota-server does (server.tune_gc). Reserve and Commit return
+    an empty message; Batch parses the request (upb, in C) only to count its ops and returns one
+    pre-serialized empty result of the op's kind per op.
+    """
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from quota.v1 import quota_service_pb2 as pb
-    from quota.v1 import quota_service_pb2_grpc as pb_grpc
+    from quota_server.server import tune_gc
 
-    results = {
-        "reserve": pb.BatchResult(reserve=pb.ReserveResponse()),
-        "commit": pb.BatchResult(commit=pb.CommitResponse()),
-        "release": pb.BatchResult(release=pb.ReleaseResponse()),
-        "extend": pb.BatchResult(extend=pb.ExtendResponse()),
-        "charge": pb.BatchResult(charge=pb.ChargeResponse()),
-        "check": pb.BatchResult(check=pb.CheckResponse()),
-        "quote": pb.BatchResult(quote=pb.QuoteResponse()),
-        "get_balance": pb.BatchResult(get_balance=pb.GetBalanceResponse()),
+    entry = {  # one `results` entry of a BatchResponse, serialized, per op kind
+        kind: pb.BatchResponse(results=[pb.BatchResult(**{kind: message()})]).SerializeToString()
+        for kind, message in [
+            ("reserve", pb.ReserveResponse), ("commit", pb.CommitResponse), ("release", pb.ReleaseResponse),
+            ("extend", pb.ExtendResponse), ("charge", pb.ChargeResponse), ("check", pb.CheckResponse),
+            ("quote", pb.QuoteResponse), ("get_balance", pb.GetBalanceResponse),
+        ]
     }
 
-    class Floor(pb_grpc.QuotaServiceServicer):
-        async def Reserve(self, request, context):
-            return pb.ReserveResponse()
+    async def empty(request: bytes, context) -> bytes:
+        return b""
 
-        async def Commit(self, request, context):
-            return pb.CommitResponse()
+    async def batch(request: bytes, context) -> bytes:
+        return b"".join([entry[op.WhichOneof("op")] for op in pb.BatchRequest.FromString(request).ops])
 
-        async def Batch(self, request, context):
-            return pb.BatchResponse(results=[results[op.WhichOneof("op")] for op in request.ops])
+    def raw(method):
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None, response_serializer=None)
 
     async def main() -> None:
         server = grpc.aio.server(options=[
@@ -124,12 +129,16 @@ def serve_floor(listen: str) -> int:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_QuotaServiceServicer_to_server(Floor(), server)
+        handlers = {"Reserve": raw(empty), "Commit": raw(empty), "Batch": raw(batch)}
+        name = pb.DESCRIPTOR.services_by_name["QuotaService"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         server.add_insecure_port(listen)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        tune_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,7 +187,7 @@ class Target:
 
     def describe(self) -> str:
         if self.is_floor:
-            return "empty grpc.aio handlers"
+            return "empty grpc.aio handlers (raw bytes, as quota-server registers them)"
         return f"storage {self.storage_url}"
 
     def start(self) -> None:
