@@ -133,7 +133,10 @@ cdef object op_grant(Ledger L, tuple op, int64_t now):
         ratchet_ceiling(L, a)
     avail = acct_available(a)
     g.avail = avail
-    g.purge_ns = now + L.retention_ns
+    # Kept at least until the lot's expiry, even once the lot is spent (or paid a debt and made
+    # none): a retry of the grant id before then is a replay, never a second grant. The server
+    # relies on it to renew a plan's included credits once per period (see API.md).
+    g.purge_ns = i64max(now + L.retention_ns, expires)
     heap_push(&L.purge_q, g.purge_ns, seq, g)
     mark_rec(L, &g.r)
     mark_acct(L, a, D_CORE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from _fastledger import codes as C
 
-from .helpers import SECOND, charge, check, grant, reserve, upsert
+from .helpers import RETENTION_NS, SECOND, charge, check, expire, grant, reserve, upsert
 
 
 def test_upsert_creates_then_updates_only_given_fields(d):
@@ -33,6 +33,24 @@ def test_grant_creates_a_lot_and_replays(d):
                          "priority": 0, "expires_ns": 0, "expired": False}]
     assert d.led.has_grant("a", "g1") and not d.led.has_grant("a", "g2")
     assert not d.led.has_grant("nobody", "g1") and not d.led.has_grant("a", "bad id")
+
+
+def test_grant_record_lives_until_its_lot_would_expire_even_when_spent(d):
+    """A grant with an expiry beyond the retention keeps its idempotency record until that
+    expiry, though its lot is spent (or it paid a debt and made none): a retry before then is a
+    replay, never a second lot. Past the expiry the record goes like any other."""
+    end = d.now + 3 * RETENTION_NS
+    assert d(grant(gid="inc", amount=10, expires_ns=end)) == (C.OK, 10)
+    assert d(charge(cid="c1", amount=10)) == (C.OK, C.DECISION_OK, 10, 0, 0, "")
+    assert d.lots() == []
+    d.advance(2 * RETENTION_NS)
+    assert d(expire()) == (C.OK, 1)                 # the charge's record, not the grant's
+    assert d.led.has_grant("a", "inc")
+    assert d(grant(gid="inc", amount=10, expires_ns=end)) == (C.OK, 10)  # the stored result
+    assert d.lots() == [] and d.account()["granted"] == 10
+    d.advance(end - d.now)
+    assert d(expire()) == (C.OK, 1)
+    assert not d.led.has_grant("a", "inc")
 
 
 def test_grant_pays_debt_first(d):

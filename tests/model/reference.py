@@ -318,7 +318,9 @@ class Ledger:
                 heapq.heappush(self.lot_queue, (expires_ns, lot.seq, account_id, grant_id))
         result = (C.OK, acct.available)
         seq = self._next_seq()
-        purge_ns = now + self.retention_ns
+        # Kept at least until the lot's expiry, even once the lot is spent (or paid a debt and
+        # made none): a retry of the grant id before then is a replay, never a second grant.
+        purge_ns = max(now + self.retention_ns, expires_ns)
         self.grants[(account_id, grant_id)] = Record(fp, result, seq, purge_ns)
         heapq.heappush(self.purge_queue, (purge_ns, seq, "grant", account_id, grant_id))
         return result
