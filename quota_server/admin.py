@@ -12,7 +12,9 @@ from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import admin_service_pb2_grpc as apb_grpc
 
 from . import _wire
-from .dataplane import NS_PER_MS, AccountIndex, included_grant_id
+from .dataplane import NS_PER_MS, AccountIndex
+from .renewal import grant_event as _grant_event
+from .renewal import included_grant_id, included_grant_op
 from .engine import Engine
 from .errors import QuotaError, from_core_status
 from .rpc import abort_with
@@ -86,12 +88,10 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         items = [(op, derive)]
         if joins and plan.included_credits > 0:
             start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
-            grant_id = included_grant_id(plan.name, start_ms)
             items.append((
-                (C.OP_GRANT, account_id, grant_id,
-                 _wire.fingerprint(_wire.DOMAIN_INCLUDED_GRANT, plan.included_credits, end_ms),
-                 plan.included_credits, C.LOT_INCLUDED, 0, end_ms * NS_PER_MS),
-                _grant_event(account_id, grant_id, plan.included_credits, C.LOT_INCLUDED),
+                included_grant_op(account_id, plan, start_ms, end_ms),
+                _grant_event(account_id, included_grant_id(plan.name, start_ms), plan.included_credits,
+                             C.LOT_INCLUDED),
             ))
         changing = self.accounts.changing(account_id) if self.accounts is not None else contextlib.nullcontext()
         with changing:
@@ -227,15 +227,6 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                         await asyncio.wait_for(self.engine.events_written.wait(), WATCH_POLL_S)
                     except asyncio.TimeoutError:
                         pass
-
-
-def _grant_event(account_id: str, grant_id: str, amount: int, category: int):
-    def derive(op, r, fresh, now_ms):
-        if not fresh:
-            return [], []
-        return [], [("credits.granted", account_id,
-                     {"grant_id": grant_id, "amount": str(amount), "category": str(category)})]
-    return derive
 
 
 def _usage_record(row) -> apb.UsageRecord:

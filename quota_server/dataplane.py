@@ -31,6 +31,7 @@ from .engine import Engine
 from .errors import QuotaError, from_core_status
 from .plans import Plan
 from .pricing import PriceCatalog, PricingError
+from .renewal import included_grant_id
 from .rpc import abort_with
 from .storage.base import UsageRow
 from .validate import (
@@ -432,17 +433,13 @@ class DataPlane:
             start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
             included_lot = included_grant_id(plan.name, start_ms)
             remaining = sum(lot["remaining"] for lot in lots if lot["lot_id"] == included_lot)
-            granted = plan.included_credits if any(lot["lot_id"] == included_lot for lot in lots) else 0
+            # The grant's record outlives a spent lot until the period's end (see renewal.py).
+            granted = plan.included_credits if ledger.has_grant(account_id, included_lot) else 0
             resp.period.CopyFrom(pb.BillingPeriod(
                 start_at_ms=start_ms, end_at_ms=end_ms, included=plan.included_credits,
                 used=max(0, granted - remaining),
             ))
         return resp
-
-
-def included_grant_id(plan_id: str, period_start_ms: int) -> str:
-    """The grant id of a plan's included credits for one period (idempotent per period)."""
-    return f"included:{plan_id}:{period_start_ms}"
 
 
 def _decode_meta(meta: bytes) -> dict:

@@ -8,6 +8,7 @@ at once and exits non-zero.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -24,6 +25,7 @@ from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb
 from .admin import AdminServicer
 from .dataplane import DataPlane, QuotaServicer, derive_expired, add_quota_service
 from .engine import Engine, EngineOptions
+from .renewal import IncludedCredits
 from .storage import LeaseHeld, Storage, storage_from_url
 
 log = logging.getLogger("quota.server")
@@ -78,6 +80,8 @@ class QuotaServer:
         self.engine = Engine(storage=self.storage, owner=owner, options=engine_options(config), clock_ns=clock_ns)
         self.engine.derive_expired = derive_expired
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.renewal = IncludedCredits(engine=self.engine, plans=config.plans)
+        self._renewal_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
         self.stopped = asyncio.Event()
@@ -122,6 +126,7 @@ class QuotaServer:
         self.grpc_server = server
         self.engine.on_health_change = self._set_serving
         self.engine.on_fatal = self._on_fatal
+        self._renewal_task = asyncio.get_running_loop().create_task(self.renewal.run(), name="quota-renewal")
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (storage %s)", self.config.server.listen, self.config.storage.url.redacted())
 
@@ -156,6 +161,10 @@ class QuotaServer:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self._renewal_task is not None:
+            self._renewal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renewal_task
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.grpc_server is not None:
             # Stop taking RPCs; the ones in flight finish (their ops get persisted) within grace.

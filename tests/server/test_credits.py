@@ -2,6 +2,8 @@
 the lot consumption order, lots expiring under a hold, and what GetBalance reports."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import quota_service_pb2 as pb
@@ -97,17 +99,38 @@ async def test_included_credits_expire_at_the_period_end(server, manual_clock):
     assert [lot.lot_id for lot in b.lots if lot.lot_id == INCLUDED_LOT] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: included_credits are granted only when an account joins a plan; nothing grants "
-    "them again at the start of the next period (docs/configuration.md: 'granted at the start of "
-    "every period')"))
 async def test_included_credits_are_granted_again_in_the_next_period(server, manual_clock):
-    """Goal: after the period ends the account has a fresh INCLUDED lot for the new period."""
+    """Goal: after the period ends the account has a fresh INCLUDED lot for the new period, made
+    once (a second renewal pass and a restart grant nothing more), with a credits.granted event."""
     await server.open_account("free-1", "free")
+    await server.quota.Charge(pb.ChargeRequest(account_id="free-1", charge_id="c1", amount=INCLUDED_FREE))
     await server.advance(PERIOD_END_MS - manual_clock.now_ms)
-    await server.quota.Check(pb.CheckRequest(account_id="free-1", amount=1))
+    await server.server.renewal.renew_due()  # (or the background pass, if it ran first)
+    next_lot = f"included:free:{PERIOD_END_MS}"
     b = await server.balance("free-1")
-    assert [(lot.category, lot.remaining) for lot in b.lots] == [(LOT_CATEGORY_INCLUDED, INCLUDED_FREE)]
+    assert lots(b) == [(next_lot, LOT_CATEGORY_INCLUDED, INCLUDED_FREE, 0, b.period.end_at_ms)]
+    assert (b.period.start_at_ms, b.period.used, b.available) == (PERIOD_END_MS, 0, INCLUDED_FREE)
+    assert await server.server.renewal.renew_due() == 0
+    await server.restart()
+    assert await server.server.renewal.renew_due() == 0
+    assert (await server.balance("free-1")).available == INCLUDED_FREE
+    events = await server.server.storage.read_events(0, 1000, "free-1")
+    granted = [json.loads(e.payload)["grant_id"] for e in events if e.type == "credits.granted"]
+    assert granted == [INCLUDED_LOT, next_lot]
+
+
+async def test_a_spent_included_lot_is_not_granted_again_in_its_period(server, manual_clock):
+    """Goal: an account that spent its included credits does not get them again in the same
+    period, even after a restart more than a retention (24 h) later: the period's grant record
+    outlives the spent lot, so a renewal pass finds it."""
+    await server.open_account("free-1", "free")
+    await server.quota.Charge(pb.ChargeRequest(account_id="free-1", charge_id="c1", amount=INCLUDED_FREE))
+    assert (await server.balance("free-1")).period.used == INCLUDED_FREE  # the lot is gone, not the grant
+    await server.advance(2 * 86_400_000)
+    await server.restart()
+    assert await server.server.renewal.renew_due() == 0
+    b = await server.balance("free-1")
+    assert (b.available, b.period.used, lots(b)) == (0, INCLUDED_FREE, [])
 
 
 async def test_changing_plan_applies_the_new_plan_and_grants_its_included_credits(server):
