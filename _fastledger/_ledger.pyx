@@ -251,6 +251,11 @@ cdef class Ledger:
     def has_grant(self, account_id, grant_id):
         return has_rec(self, account_id, grant_id, REC_GRANT)
 
+    def grant_expired(self, account_id, grant_id):
+        """How much of the grant's lot expired unused (its free part when it expired), or None
+        if the ledger has no record of the grant."""
+        return grant_expired(self, account_id, grant_id)
+
     def account_ids(self):
         return sorted([(<Account>a).aid for a in self.accounts])
 

@@ -95,10 +95,16 @@ cdef inline bint lot_drop_if_empty(Account a, int i) noexcept:
     return False
 
 
-cdef bint lot_expire_at(Account a, int i) noexcept:
-    """Expire lot i: its free part goes to `expired`. True if the lot was dropped."""
+cdef int lot_expire_at(Ledger L, Account a, int i) except -1:
+    """Expire lot i: its free part goes to `expired`, and is noted on the lot's grant record
+    (Idem.amount of a grant: what of its lot expired unused; the server carries included
+    credit over from it). True if the lot was dropped."""
     cdef Lot* l = &a.lots[i]
-    a.expired += l.remaining - l.earmarked
+    cdef int64_t free = l.remaining - l.earmarked
+    a.expired += free
+    if free:
+        l.grant.amount += free  # <= the grant's amount: no overflow
+        mark_rec(L, &l.grant.r)
     l.remaining = l.earmarked
     l.expired = 1
     return lot_drop_if_empty(a, i)
@@ -121,7 +127,7 @@ cdef int expire_due_lots(Ledger L, Account a, int64_t now) except -1:
         l = &a.lots[i]
         if l.expires_ns and l.expires_ns <= now and not l.expired:
             changed = True
-            if lot_expire_at(a, i):
+            if lot_expire_at(L, a, i):
                 continue
         i += 1
     if changed:

@@ -133,10 +133,13 @@ cdef object op_grant(Ledger L, tuple op, int64_t now):
         ratchet_ceiling(L, a)
     avail = acct_available(a)
     g.avail = avail
-    # Kept at least until the lot's expiry, even once the lot is spent (or paid a debt and made
-    # none): a retry of the grant id before then is a replay, never a second grant. The server
-    # relies on it to renew a plan's included credits once per period (see API.md).
-    g.purge_ns = i64max(now + L.retention_ns, expires)
+    # Kept until a retention past the lot's expiry, even once the lot is spent (or paid a debt
+    # and made none): a retry of the grant id before then is a replay, never a second grant, and
+    # what expired unused can still be read. The server relies on both to renew a plan's
+    # included credits once per period (see API.md).
+    g.purge_ns = now + L.retention_ns
+    if expires:
+        g.purge_ns = INT64_MAX if expires > INT64_MAX - L.retention_ns else expires + L.retention_ns
     heap_push(&L.purge_q, g.purge_ns, seq, g)
     mark_rec(L, &g.r)
     mark_acct(L, a, D_CORE)
@@ -249,7 +252,7 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
         a = <Account>e.p
         i = lot_index(a, e.seq)
         if i >= 0 and not a.lots[i].expired:
-            lot_expire_at(a, i)
+            lot_expire_at(L, a, i)
             mark_acct(L, a, D_CORE)
             done += 1
         Py_DECREF(a)

@@ -74,6 +74,14 @@ cdef object reservation_view(Ledger L, object aid, object rid):
     }
 
 
+cdef object grant_expired(Ledger L, object aid, object gid):
+    cdef Account a = lookup(L, aid)
+    cdef Rec* r = NULL
+    if a is not None and valid_id(gid):
+        r = find_rec(L, a, REC_GRANT, gid)
+    return None if r == NULL else (<Idem*>r).amount
+
+
 cdef bint has_rec(Ledger L, object aid, object rid, uint8_t kind):
     cdef Account a = lookup(L, aid)
     return a is not None and valid_id(rid) and find_rec(L, a, kind, rid) != NULL

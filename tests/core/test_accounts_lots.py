@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from _fastledger import codes as C
 
-from .helpers import RETENTION_NS, SECOND, charge, check, expire, grant, reserve, upsert
+from .helpers import RETENTION_NS, SECOND, charge, check, expire, grant, release, reserve, upsert
 
 
 def test_upsert_creates_then_updates_only_given_fields(d):
@@ -36,9 +36,9 @@ def test_grant_creates_a_lot_and_replays(d):
 
 
 def test_grant_record_lives_until_its_lot_would_expire_even_when_spent(d):
-    """A grant with an expiry beyond the retention keeps its idempotency record until that
-    expiry, though its lot is spent (or it paid a debt and made none): a retry before then is a
-    replay, never a second lot. Past the expiry the record goes like any other."""
+    """A grant with an expiry beyond the retention keeps its idempotency record until a
+    retention past that expiry, though its lot is spent (or it paid a debt and made none): a
+    retry before then is a replay, never a second lot. Then the record goes like any other."""
     end = d.now + 3 * RETENTION_NS
     assert d(grant(gid="inc", amount=10, expires_ns=end)) == (C.OK, 10)
     assert d(charge(cid="c1", amount=10)) == (C.OK, C.DECISION_OK, 10, 0, 0, "")
@@ -49,8 +49,28 @@ def test_grant_record_lives_until_its_lot_would_expire_even_when_spent(d):
     assert d(grant(gid="inc", amount=10, expires_ns=end)) == (C.OK, 10)  # the stored result
     assert d.lots() == [] and d.account()["granted"] == 10
     d.advance(end - d.now)
+    assert d(expire()) == (C.OK, 0)
+    assert d.led.grant_expired("a", "inc") == 0     # spent: nothing expired unused
+    d.advance(RETENTION_NS)
     assert d(expire()) == (C.OK, 1)
-    assert not d.led.has_grant("a", "inc")
+    assert not d.led.has_grant("a", "inc") and d.led.grant_expired("a", "inc") is None
+
+
+def test_grant_record_notes_what_of_its_lot_expired_unused(d):
+    """At its lot's expiry, a grant's record notes the lot's free part (what expired unused);
+    the part earmarked by an open hold is not in it, nor is what expires later with that hold."""
+    assert d(grant(gid="inc", amount=100, expires_ns=10 * SECOND)) == (C.OK, 100)
+    assert d(charge(cid="c1", amount=30)) == (C.OK, C.DECISION_OK, 30, 70, 0, "")
+    assert d(reserve(rid="r1", amount=20))[1] == C.DECISION_OK
+    assert d.led.grant_expired("a", "inc") == 0
+    assert d.led.grant_expired("a", "nope") is None and d.led.grant_expired("nobody", "inc") is None
+    d.advance(10 * SECOND)
+    assert d(check(amount=1))[1] == C.DECISION_INSUFFICIENT_CREDITS  # the lot expired on touch
+    assert d.led.grant_expired("a", "inc") == 50
+    assert d(release(rid="r1"))[0] == C.OK                         # the earmark expires now
+    assert d.led.grant_expired("a", "inc") == 50 and d.account()["expired"] == 70
+    restored = type(d.led).from_snapshot(d.led.snapshot(), retention_ns=RETENTION_NS)
+    assert restored.grant_expired("a", "inc") == 50
 
 
 def test_grant_pays_debt_first(d):

@@ -70,6 +70,7 @@ def views(ledger, now_ns: int) -> dict:
             [ledger.reservation_view(a, r) for r in RIDS],
             [ledger.has_charge(a, f"c{i}") for i in range(20)],
             [ledger.has_grant(a, f"g{i}") for i in range(30)],
+            [ledger.grant_expired(a, f"g{i}") for i in range(30)],
         )
     return out
 

@@ -78,6 +78,7 @@ class Record:
     result: tuple
     seq: int
     purge_ns: int
+    expired: int = 0  # a grant's: how much of its lot expired unused (its free part at expiry)
 
 
 @dataclass
@@ -318,9 +319,10 @@ class Ledger:
                 heapq.heappush(self.lot_queue, (expires_ns, lot.seq, account_id, grant_id))
         result = (C.OK, acct.available)
         seq = self._next_seq()
-        # Kept at least until the lot's expiry, even once the lot is spent (or paid a debt and
-        # made none): a retry of the grant id before then is a replay, never a second grant.
-        purge_ns = max(now + self.retention_ns, expires_ns)
+        # Kept until a retention past the lot's expiry, even once the lot is spent (or paid a
+        # debt and made none): a retry of the grant id before then is a replay, never a second
+        # grant, and what expired unused can still be read (grant_expired).
+        purge_ns = min(expires_ns + self.retention_ns, C.INT64_MAX) if expires_ns else now + self.retention_ns
         self.grants[(account_id, grant_id)] = Record(fp, result, seq, purge_ns)
         heapq.heappush(self.purge_queue, (purge_ns, seq, "grant", account_id, grant_id))
         return result
@@ -335,6 +337,7 @@ class Ledger:
     def _expire_lot(self, acct: Account, lot: Lot) -> None:
         free = lot.remaining - lot.earmarked
         acct.expired += free
+        self.grants[(acct.account_id, lot.lot_id)].expired += free  # a lot's id is its grant's
         lot.remaining = lot.earmarked
         lot.expired = True
         self._drop_if_empty(acct, lot)
@@ -924,6 +927,11 @@ class Ledger:
 
     def has_grant(self, account_id: str, grant_id: str) -> bool:
         return (account_id, grant_id) in self.grants
+
+    def grant_expired(self, account_id: str, grant_id: str) -> int | None:
+        """How much of the grant's lot expired unused, or None without a record of the grant."""
+        record = self.grants.get((account_id, grant_id))
+        return None if record is None else record.expired
 
     def account_ids(self) -> list[str]:
         return sorted(self.accounts)
