@@ -12,8 +12,14 @@ joining uses, so a pass never grants a period twice: the core keeps a grant's id
 until its lot's expiry (the period's end), even once the lot is spent, and a grant already made
 is a replay. A pass skips accounts whose record exists, so a restart costs one lookup per account.
 
-Not applied: `rollover_max` (unused included credit expires at the period's end, whatever the
-plan says; docs/configuration.md).
+Roll-over (`rollover_max` > 0): the pass first touches each due account (a Check of 0, which
+lets its lots expire), then reads what of the previous period's included and roll-over lots
+expired unused (the core notes it on each grant's record, `Ledger.grant_expired`), and grants
+the smaller of that and `rollover_max` as the lot `rollover:<plan>:<period start ms>`
+(LOT_CATEGORY_INCLUDED, expiring with the period) just before the period's included lot, so that
+it is consumed first. Credit earmarked by a hold open across the boundary is not part of it. The
+records of the previous period are kept a retention (`idempotency_retention_ms`) past its end:
+a server down for longer than that across a boundary grants the new period without roll-over.
 """
 
 from __future__ import annotations
@@ -39,12 +45,26 @@ def included_grant_id(plan_id: str, period_start_ms: int) -> str:
     return f"included:{plan_id}:{period_start_ms}"
 
 
+def rollover_grant_id(plan_id: str, period_start_ms: int) -> str:
+    """The grant id of the included credit a period carries over from the one before."""
+    return f"rollover:{plan_id}:{period_start_ms}"
+
+
 def included_grant_op(account_id: str, plan: Plan, start_ms: int, end_ms: int) -> tuple:
     """The core op granting `plan`'s included credits for the period [start_ms, end_ms)."""
     return (
         C.OP_GRANT, account_id, included_grant_id(plan.name, start_ms),
         _wire.fingerprint(_wire.DOMAIN_INCLUDED_GRANT, plan.included_credits, end_ms),
         plan.included_credits, C.LOT_INCLUDED, 0, end_ms * NS_PER_MS,
+    )
+
+
+def rollover_grant_op(account_id: str, plan: Plan, start_ms: int, end_ms: int, amount: int) -> tuple:
+    """The core op granting `amount` carried over into the period [start_ms, end_ms)."""
+    return (
+        C.OP_GRANT, account_id, rollover_grant_id(plan.name, start_ms),
+        _wire.fingerprint(_wire.DOMAIN_INCLUDED_GRANT, amount, end_ms, "rollover"),
+        amount, C.LOT_INCLUDED, 0, end_ms * NS_PER_MS,
     )
 
 
@@ -94,8 +114,9 @@ class IncludedCredits:
         return due
 
     async def renew_due(self) -> int:
-        """One pass if any plan entered an uncovered period: grant that period's included lot to
-        each of the plan's accounts that lacks it. Returns how many grants were made."""
+        """One pass if any plan entered an uncovered period: grant that period's included lot
+        (and roll-over) to each of the plan's accounts that lacks it. Returns how many accounts
+        got grants."""
         if self.engine.ledger is None:
             return 0
         now_ns = self.engine.now_ns()
@@ -104,28 +125,56 @@ class IncludedCredits:
             return 0
         ledger = self.engine.ledger
         granted = 0
-        items: list[tuple] = []
+        chunk: list[tuple[str, Plan, int, int]] = []
         for n, account_id in enumerate(ledger.account_ids(), 1):
             view = ledger.account_view(account_id, now_ns)
             entry = due.get(view["plan_id"]) if view is not None else None
             if entry is not None:
                 plan, start, end = entry
-                grant_id = included_grant_id(plan.name, start)
-                if not ledger.has_grant(account_id, grant_id):
-                    items.append((included_grant_op(account_id, plan, start, end),
-                                  grant_event(account_id, grant_id, plan.included_credits, C.LOT_INCLUDED)))
-            if len(items) >= CHUNK_OPS:
-                granted += await self._submit(items)
-                items = []
+                if not ledger.has_grant(account_id, included_grant_id(plan.name, start)) or (
+                        plan.rollover_max > 0 and not ledger.has_grant(account_id, rollover_grant_id(plan.name, start))):
+                    chunk.append((account_id, plan, start, end))
+            if len(chunk) >= CHUNK_OPS:
+                granted += await self._renew(chunk)
+                chunk = []
             if n % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-        if items:
-            granted += await self._submit(items)
+        if chunk:
+            granted += await self._renew(chunk)
         for name, (_, start, _) in due.items():
             self._covered[name] = start
         if granted:
             log.info("included credits of the current period granted to %d accounts", granted)
         return granted
+
+    async def _renew(self, chunk: list[tuple[str, Plan, int, int]]) -> int:
+        """Grant each (account, plan, period) its roll-over, then its included lot."""
+        touch = [((C.OP_CHECK, account_id, 0, True, ()), None)
+                 for account_id, plan, _, _ in chunk if plan.rollover_max > 0]
+        if touch:  # lets the previous period's lots expire, so that what they left is known
+            await self.engine.submit_many(touch)
+        ledger = self.engine.ledger
+        items: list[tuple] = []
+        accounts = set()
+        for account_id, plan, start, end in chunk:
+            if plan.rollover_max > 0 and not ledger.has_grant(account_id, rollover_grant_id(plan.name, start)):
+                prev = plan.period_bounds(start - 1)[0]
+                left = sum(ledger.grant_expired(account_id, gid) or 0
+                           for gid in (included_grant_id(plan.name, prev), rollover_grant_id(plan.name, prev)))
+                carry = min(left, plan.rollover_max)
+                if carry > 0:
+                    gid = rollover_grant_id(plan.name, start)
+                    items.append((rollover_grant_op(account_id, plan, start, end, carry),
+                                  grant_event(account_id, gid, carry, C.LOT_INCLUDED)))
+                    accounts.add(account_id)
+            gid = included_grant_id(plan.name, start)
+            if not ledger.has_grant(account_id, gid):
+                items.append((included_grant_op(account_id, plan, start, end),
+                              grant_event(account_id, gid, plan.included_credits, C.LOT_INCLUDED)))
+                accounts.add(account_id)
+        if items:
+            await self._submit(items)
+        return len(accounts)
 
     async def _submit(self, items: list[tuple]) -> int:
         results = await self.engine.submit_many(items)
@@ -138,4 +187,5 @@ class IncludedCredits:
         return done
 
 
-__all__ = ["IncludedCredits", "grant_event", "included_grant_id", "included_grant_op"]
+__all__ = ["IncludedCredits", "grant_event", "included_grant_id", "included_grant_op", "rollover_grant_id",
+           "rollover_grant_op"]

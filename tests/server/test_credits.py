@@ -17,7 +17,8 @@ from quota.v1.enums_pb2 import (
 )
 
 from tests.support.clock import PERIOD_END_MS, PERIOD_START_MS
-from tests.support.config import CREDIT_LIMIT_PAYG, INCLUDED_FREE
+from tests.support.config import CREDIT_LIMIT_PAYG, INCLUDED_FREE, build_config
+from tests.support.inproc import InProcessServer
 
 INCLUDED_LOT = f"included:free:{PERIOD_START_MS}"
 
@@ -131,6 +132,45 @@ async def test_a_spent_included_lot_is_not_granted_again_in_its_period(server, m
     assert await server.server.renewal.renew_due() == 0
     b = await server.balance("free-1")
     assert (b.available, b.period.used, lots(b)) == (0, INCLUDED_FREE, [])
+
+
+async def test_unused_included_credit_rolls_over_up_to_rollover_max(server_config_data, manual_clock):
+    """Goal: with rollover_max, what the previous period left of its included credit (its
+    included and roll-over lots, up to rollover_max) becomes a `rollover:` lot of the new period,
+    consumed before the new included lot; credit spent or earmarked at the boundary does not
+    roll; a restart grants nothing twice."""
+    server_config_data["plans"]["carry"] = {"included_credits": 100, "rollover_max": 60}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("c-1", "carry")                  # 100 included
+        await srv.open_account("c-2", "carry")
+        await srv.quota.Charge(pb.ChargeRequest(account_id="c-1", charge_id="x1", amount=70))  # 30 left
+        await srv.advance(PERIOD_END_MS - 3_600_000 - manual_clock.now_ms)
+        r = await srv.quota.Reserve(pb.ReserveRequest(account_id="c-2", reservation_id="r", amount=10,
+                                                      ttl_ms=7_200_000))
+        assert r.decision == OK                                 # 90 free, 10 earmarked
+        await srv.advance(PERIOD_END_MS - manual_clock.now_ms)
+        await srv.server.renewal.renew_due()
+        second_end = 1_754_006_400_000                          # 2025-08-01T00:00:00Z
+        rollover, included = f"rollover:carry:{PERIOD_END_MS}", f"included:carry:{PERIOD_END_MS}"
+        assert lots(await srv.balance("c-1")) == [
+            (rollover, LOT_CATEGORY_INCLUDED, 30, 0, second_end), (included, LOT_CATEGORY_INCLUDED, 100, 0, second_end)]
+        b2 = await srv.balance("c-2")
+        assert [(lot.lot_id, lot.remaining) for lot in b2.lots if lot.expires_at_ms == second_end] == [
+            (rollover, 60), (included, 100)]                    # 90 left, capped at 60
+        await srv.quota.Charge(pb.ChargeRequest(account_id="c-1", charge_id="x2", amount=40))
+        assert lots(await srv.balance("c-1")) == [(included, LOT_CATEGORY_INCLUDED, 90, 0, second_end)]
+        await srv.restart()
+        assert await srv.server.renewal.renew_due() == 0
+        assert (await srv.balance("c-1")).available == 90
+        # The next boundary: c-1 left 90 of its included lot, capped at 60.
+        await srv.advance(second_end - manual_clock.now_ms)
+        await srv.server.renewal.renew_due()
+        assert [(lot.lot_id, lot.remaining) for lot in (await srv.balance("c-1")).lots] == [
+            (f"rollover:carry:{second_end}", 60), (f"included:carry:{second_end}", 100)]
+    finally:
+        await srv.stop()
 
 
 async def test_changing_plan_applies_the_new_plan_and_grants_its_included_credits(server):
