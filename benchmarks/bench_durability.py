@@ -4,8 +4,8 @@ Three `quota-server` processes (the installed console script) run side by side, 
 empty storage for every repetition:
 
 - ``memory``: ``memory://`` storage, the baseline: the same engine, group commit and core, with
-  a store that writes nothing anywhere (it keeps what it is given in the server's RAM:
-  quota_server/storage/memory.py);
+  a store that writes nothing anywhere (it drops journal records and keeps usage rows and
+  events in the server's RAM: quota_server/storage/memory.py);
 - ``sqlite``: a fresh SQLite file (WAL, synchronous=FULL: every reply waits for its fsync);
 - ``redis``: a redis-server this script starts on a free loopback port with ``appendonly yes``
   and ``appendfsync everysec`` (``--redis-appendfsync`` to change), one EVALSHA per flush.
@@ -14,7 +14,8 @@ Load comes from separate client processes, with the load generator of benchmarks
 (imported, not copied): ``unary`` is 64 callers in total, each looping Reserve(amount 1) then
 Commit of that reservation; ``batch`` is 4 callers, each looping Batch(1000 Reserves) then
 Batch(1000 Commits of them). Every RPC op counts one. Each repetition measures every target on
-every workload (the target order rotates between repetitions, so none always goes first) on
+every workload (the target order rotates between repetitions, so none always goes first; each load
+starts once the machine is quiet, see bench_e2e.wait_quiet) on
 fresh accounts, so every reservation id is new and every op is really persisted. Reported:
 ops/s, p50/p99 latency, and the ratio to memory-only, each the median over the repetitions
 (each repetition's figure is itself the median of its windows).
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def fresh_targets(rep: int) -> list:
             # Every repetition starts three new servers on empty storage (a new SQLite file, a
-            # new Redis database), so each compares like with like: memory:// keeps all it is
-            # given in the server's RAM and slows down as a long run piles it up.
+            # new Redis database), so each compares like with like: every server's core keeps
+            # each reservation for the idempotency retention and slows down as a run piles
+            # them up.
             return [
                 e2e.Target("memory", "memory://", workdir, server_cmd),
                 e2e.Target("sqlite", f"sqlite:///{workdir / f'sqlite-{rep}' / 'quota.db'}", workdir, server_cmd),
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         result = e2e.run_load(target, workload, args, unary if workload == "unary" else batch)
                         results[(target.name, workload)].append(result)
                         print(f"== rep {rep} {target.name} {workload}: {result['median']['ops_per_s']:,.0f} ops/s, "
-                              f"errors {result['tally']}", file=sys.stderr, flush=True)
+                              f"errors {result['tally']}, waited {result['quiet_wait_s']:.1f} s for a quiet machine",
+                              file=sys.stderr, flush=True)
                         if target.proc.poll() is not None:
                             raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")
         finally:

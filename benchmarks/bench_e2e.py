@@ -33,7 +33,9 @@ classes at start-up), to keep the clients' CPU, which competes with the server's
 
 Measurement: all targets run side by side (idle when not loaded). For each workload there are
 ``--runs`` paired repetitions; in each, every target in turn (the order alternating between
-repetitions) gets ``--warmup`` seconds of load, then ``--seconds`` measured (a call counts if it
+repetitions) gets, once the machine is quiet (below 0.3 busy cores: the previous target's
+leftover work, a snapshot child say, is not measured against this one; the wait is reported),
+``--warmup`` seconds of load, then ``--seconds`` measured (a call counts if it
 completed inside the measured window). The table shows the median over the repetitions of each
 figure (throughput, p50, p99), the CPU the server and the clients used (mean, 100 % = one core),
 and ``vs floor`` as the median of the per-repetition ratios: pairing the repetitions keeps the
@@ -478,12 +480,44 @@ def client_process(spec: dict, ready, go, start_at, queue) -> None:
     _run_loop(main())
 
 
+QUIET_BUSY_CORES = 0.3  # the machine counts as quiet below this many busy cores...
+QUIET_SAMPLE_S = 0.25   # ...over one sample of this long
+QUIET_MAX_WAIT_S = 60.0
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat); (0, 0) elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_quiet() -> float:
+    """Wait until the machine is quiet (another target's leftover work, such as a snapshot child
+    or a checkpoint, would otherwise run inside this target's window); returns the seconds
+    waited (at most QUIET_MAX_WAIT_S; the result records it)."""
+    start = time.monotonic()
+    cores = os.cpu_count() or 1
+    while time.monotonic() - start < QUIET_MAX_WAIT_S:
+        busy0, total0 = _cpu_ticks()
+        time.sleep(QUIET_SAMPLE_S)
+        busy1, total1 = _cpu_ticks()
+        if total1 == total0 or (busy1 - busy0) / (total1 - total0) * cores < QUIET_BUSY_CORES:
+            break
+    return time.monotonic() - start
+
+
 def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: list[list[str]], *,
              tag: str = "") -> dict:
     """Run one workload against one target; return per-window figures and their medians.
 
-    ``tag`` makes the reservation ids of this run unique when the same accounts are loaded again.
+    It starts once the machine is quiet (`wait_quiet`). ``tag`` makes the reservation ids of
+    this run unique when the same accounts are loaded again.
     """
+    quiet_wait_s = wait_quiet()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Semaphore(0)
     go = ctx.Event()
@@ -515,8 +549,10 @@ def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: 
     reports = [queue.get(timeout=START_TIMEOUT_S + args.warmup + args.runs * args.seconds) for _ in procs]
     for p in procs:
         p.join(30)
-    return summarize(workload, args, reports, (server_cpu1 - server_cpu0) / (args.runs * args.seconds),
-                     target.rss_mb())
+    result = summarize(workload, args, reports, (server_cpu1 - server_cpu0) / (args.runs * args.seconds),
+                       target.rss_mb())
+    result["quiet_wait_s"] = round(quiet_wait_s, 2)
+    return result
 
 
 def start_profiler(target: Target, workload: str, args: argparse.Namespace, tag: str = "") -> subprocess.Popen | None:
@@ -833,8 +869,8 @@ def main(argv: list[str] | None = None) -> int:
                         result = run_load(target, workload, args_for_rep(args), accounts, tag=f"r{rep}.")
                         reps[target.name].append(result)
                         print(f"== {workload} #{rep + 1} {target.name}: {result['median']['ops_per_s']:,.0f} ops/s, "
-                              f"server CPU {result['server_cpu']:.0%}, errors {result['tally']}",
-                              file=sys.stderr, flush=True)
+                              f"server CPU {result['server_cpu']:.0%}, errors {result['tally']}, "
+                              f"waited {result['quiet_wait_s']:.1f} s for a quiet machine", file=sys.stderr, flush=True)
                         if target.proc.poll() is not None:
                             raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")
                 results += [combine(t.name, workload, reps[t.name]) for t in running]

@@ -1,7 +1,14 @@
-"""`memory://`: keeps everything in this process and persists nothing.
+"""`memory://`: persists nothing; keeps usage rows and events in this process.
 
 For benchmarks (the memory-only baseline) and experiments. A restart loses every account; the
 server logs a warning at startup. Never use it where money is real.
+
+It keeps no journal: a journal record is checked (sequence, fencing) and dropped, keeping only
+the last one (to recognise a retry) and the latest snapshot. A server reads a store's journal
+once, at startup, and a memory:// store starts empty with its process, so nothing reads it; but
+holding every record until the next snapshot (gigabytes under Batch load) made the baseline pay
+for memory that no backend holds (SQLite and Redis write records out). `load()` of a store that
+has dropped records refuses (StorageError) rather than recover an incomplete state.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from .base import (
     Recovered,
     SequenceError,
     Storage,
+    StorageError,
     UsageChunk,
     UsageRow,
     check_batch,
@@ -31,7 +39,7 @@ class MemoryStorage(Storage):
         self._epoch = 0
         self._owner: str | None = None
         self._last_seq = 0
-        self._records: dict[int, bytes] = {}
+        self._last_record = b""
         self._snapshot: tuple[int, bytes] | None = None
         # account -> its usage chunks as appended, sorted by (at_ms, first n): (at_ms, last n,
         # rows, packed payloads). A chunk is unpacked only when a page reads it, as the durable
@@ -64,8 +72,10 @@ class MemoryStorage(Storage):
 
     async def load(self) -> Recovered:
         snap_seq, blob = self._snapshot if self._snapshot else (0, None)
-        records = [(seq, self._records[seq]) for seq in range(snap_seq + 1, self._last_seq + 1)]
-        return Recovered(snapshot=blob, snapshot_seq=snap_seq, records=records)
+        if self._last_seq > snap_seq:
+            raise StorageError(f"memory:// keeps no journal: records {snap_seq + 1}..{self._last_seq} are gone "
+                               "(a memory:// store is not recovered)")
+        return Recovered(snapshot=blob, snapshot_seq=snap_seq, records=[])
 
     async def append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
                      packed: list[UsageChunk] = ()) -> None:
@@ -73,14 +83,14 @@ class MemoryStorage(Storage):
         if epoch != self._epoch or self._owner is None:
             raise Fenced(f"epoch {epoch} is not current")
         if seq <= self._last_seq:
-            if self._records.get(seq) == record:
-                return
+            if seq == self._last_seq and self._last_record == record:
+                return  # a retry of the last append
             raise SequenceError(f"seq {seq} already written")
         if seq != self._last_seq + 1:
             raise SequenceError(f"seq {seq} after {self._last_seq}")
         if events and self._events and events[0].event_id <= self._events[-1].event_id:
             raise SequenceError("event ids must increase")
-        self._records[seq] = record
+        self._last_record = record
         self._last_seq = seq
         counter = self._usage_counter
         for account_id, at_ms, n_rows, blob in chunks:
@@ -102,8 +112,6 @@ class MemoryStorage(Storage):
         if not (self._snapshot[0] if self._snapshot else 0) <= seq <= self._last_seq:
             raise SequenceError(f"snapshot seq {seq} out of range")
         self._snapshot = (seq, blob)
-        for old in [s for s in self._records if s <= seq]:
-            del self._records[old]
 
     async def list_usage(self, account_id: str, from_ms: int, to_ms: int, limit: int,
                          after: str | None) -> tuple[list[UsageRow], str | None]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from quota_server.storage import storage_from_url
-from quota_server.storage.base import EventRow, Fenced, LeaseHeld, SequenceError, UsageRow
+from quota_server.storage.base import EventRow, Fenced, LeaseHeld, SequenceError, StorageError, UsageRow
 
 
 async def test_memory_storage_round_trip():
-    """Journal, snapshot, usage paging, events and fencing behave like the durable backends."""
+    """Sequencing, retries, snapshots, usage paging, events and fencing behave like the durable
+    backends; the journal is not kept, so a used store refuses to be recovered."""
     store = storage_from_url("memory://")
+    assert (await store.load()).last_seq == 0  # a new store: nothing to recover
     epoch = await store.acquire_lease("a", 1000)
     with pytest.raises(LeaseHeld):
         await store.acquire_lease("b", 1000)
@@ -20,9 +22,17 @@ async def test_memory_storage_round_trip():
     with pytest.raises(SequenceError):
         await store.append(epoch, 1, b"other", [], [])
     await store.append(epoch, 2, b"r2", [], [EventRow(event_id=20, account_id="y", type="t", at_ms=2, payload=b"")])
+    await store.append(epoch, 2, b"r2", [], [])  # a retry of the last append
+    with pytest.raises(SequenceError):
+        await store.append(epoch, 1, b"r1", [], [])  # an older record is not kept to compare
+    with pytest.raises(SequenceError):
+        await store.append(epoch, 4, b"r4", [], [])
     await store.write_snapshot(epoch, 1, b"snap")
+    with pytest.raises(StorageError, match="keeps no journal"):
+        await store.load()
+    await store.write_snapshot(epoch, 2, b"snap2")
     recovered = await store.load()
-    assert (recovered.snapshot, recovered.snapshot_seq, recovered.records) == (b"snap", 1, [(2, b"r2")])
+    assert (recovered.snapshot, recovered.snapshot_seq, recovered.records) == (b"snap2", 2, [])
     page, cursor = await store.list_usage("x", 0, 0, 2, None)
     assert [r.at_ms for r in page] == [3, 5] and cursor is not None
     page, cursor = await store.list_usage("x", 0, 0, 2, cursor)
