@@ -7,6 +7,7 @@ ConfigError naming the full dotted key, e.g.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import tomllib
@@ -106,9 +107,32 @@ def _builtin_plans() -> PlanCatalog:
     return PlanCatalog({DEFAULT_PLAN_NAME: Plan(name=DEFAULT_PLAN_NAME)})
 
 
+AUTH_ROLES = ("data", "admin")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    """One accepted API key: its name (for logs), the SHA-256 of the key, and its role ("data":
+    QuotaService; "admin": QuotaService and AdminService)."""
+
+    name: str
+    sha256: bytes
+    role: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    keys: tuple[ApiKey, ...] = ()  # none: every call is accepted (no [auth] table)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     plans: PlanCatalog = field(default_factory=_builtin_plans)
@@ -350,15 +374,60 @@ def _listen_problem(listen: str) -> str | None:
 
 
 def _parse(data: Mapping[str, Any], source: str) -> Config:
-    root = _Table(dict(data), "", ("server", "storage", "defaults", "plans", "prices"))
+    root = _Table(dict(data), "", ("server", "auth", "storage", "defaults", "plans", "prices"))
     server = _parse_server(root.raw("server", {}))
+    auth = _parse_auth(root.raw("auth", {}))
     storage = _parse_storage(root.raw("storage", {}))
     defaults = _parse_defaults(root.raw("defaults", {}))
     prices = _parse_prices(root.raw("prices", {}))
     warnings: list[str] = []
     plans = _parse_plans(root.raw("plans", {}), prices, warnings)
-    return Config(server=server, storage=storage, defaults=defaults, plans=plans,
+    return Config(server=server, auth=auth, storage=storage, defaults=defaults, plans=plans,
                   prices=prices, source=source, warnings=tuple(warnings))
+
+
+def _parse_auth(data: object) -> AuthConfig:
+    """[auth] keys = [{name, key | key_sha256, role}, ...]; a key is sent as `authorization:
+    Bearer <key>` and stored here in clear (`key`) or as the hex SHA-256 of it (`key_sha256`)."""
+    t = _Table(data, "auth", ("keys",))
+    items = t.raw("keys", [])
+    if not isinstance(items, list):
+        raise _Invalid(t.key("keys"), f"must be an array of tables ([[auth.keys]]), got {_describe(items)}")
+    keys: list[ApiKey] = []
+    seen: dict[bytes, str] = {}
+    for index, item in enumerate(items):
+        k = _Table(item, f"{t.key('keys')}[{index}]", ("name", "key", "key_sha256", "role"))
+        name = k.string("name", f"key {index + 1}")
+        if ("key" in k.data) == ("key_sha256" in k.data):
+            raise _Invalid(k.path, 'set exactly one of "key" and "key_sha256"')
+        if "key" in k.data:
+            key = k.string("key", _REQUIRED)
+            why = _api_key_problem(key)
+            if why is not None:  # the message never quotes the key: it is a secret
+                raise _Invalid(k.key("key"), why)
+            digest = hashlib.sha256(key.encode()).digest()
+        else:
+            hexdigest = k.checked("key_sha256", _REQUIRED, _sha256_problem)
+            digest = bytes.fromhex(hexdigest)
+        if digest in seen:
+            raise _Invalid(k.path, f"the same key as {seen[digest]!r}")
+        seen[digest] = name
+        keys.append(ApiKey(name=name, sha256=digest, role=k.choice("role", "data", AUTH_ROLES)))
+    return AuthConfig(keys=tuple(keys))
+
+
+def _api_key_problem(key: str) -> str | None:
+    if len(key) < 16:
+        return "must be at least 16 characters (use a random secret)"
+    if not key.isascii() or not key.isprintable() or " " in key:
+        return "must be printable ASCII without spaces"
+    return None
+
+
+def _sha256_problem(value: str) -> str | None:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return "must be 64 hex digits (the SHA-256 of the key)"
+    return None
 
 
 def _parse_server(data: object) -> ServerConfig:

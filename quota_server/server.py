@@ -25,6 +25,7 @@ from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb
 from .admin import AdminServicer
 from .dataplane import DataPlane, QuotaServicer, derive_expired, add_quota_service
 from .engine import Engine, EngineOptions
+from .auth import ApiKeyAuth
 from .renewal import IncludedCredits
 from .storage import LeaseHeld, Storage, storage_from_url
 
@@ -94,7 +95,12 @@ class QuotaServer:
             log.warning("%s", warning)
         await self._start_engine()
         max_bytes = self.config.server.max_message_bytes
-        server = grpc.aio.server(options=[
+        auth = self.config.auth
+        if auth.enabled:
+            log.info("API keys: %d (every QuotaService and AdminService call needs one)", len(auth.keys))
+        elif not _is_loopback(self.config.server.listen):
+            log.warning("no [auth] keys: every caller that can reach %s is accepted", self.config.server.listen)
+        server = grpc.aio.server(interceptors=[ApiKeyAuth(auth)] if auth.enabled else None, options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
@@ -176,6 +182,11 @@ class QuotaServer:
         await self.stopped.wait()
         if self.grpc_server is not None:
             await self.grpc_server.wait_for_termination()
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 GC_GEN0_THRESHOLD = 100_000

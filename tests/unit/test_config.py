@@ -564,3 +564,37 @@ def test_keys_that_would_do_nothing_are_refused(doc, key):
     """Regression: these keys were accepted and documented but the server ignored them; an
     operator must learn at startup that a setting has no effect, not in production."""
     assert error_of(doc).startswith(f"{key}: ")
+
+
+# --- [auth] --------------------------------------------------------------------------
+
+SECRET = "s3cret-key-0123456789"
+
+
+def test_auth_keys_are_read_as_hashes_with_roles():
+    import hashlib
+
+    config = parse_config({"auth": {"keys": [
+        {"name": "backend", "key": SECRET},
+        {"key_sha256": "AB" * 32, "role": "admin"},
+    ]}}, source="t")
+    assert config.auth.enabled and not parse_config({}, source="t").auth.enabled
+    (backend, second) = config.auth.keys
+    assert (backend.name, backend.sha256, backend.role) == ("backend", hashlib.sha256(SECRET.encode()).digest(), "data")
+    assert (second.name, second.sha256, second.role) == ("key 2", bytes.fromhex("ab" * 32), "admin")
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"keys": [{"key": "short"}]}, "auth.keys[0].key: must be at least 16 characters (use a random secret)"),
+    ({"keys": [{"key": SECRET + " x"}]}, "auth.keys[0].key: must be printable ASCII without spaces"),
+    ({"keys": [{"name": "x"}]}, 'auth.keys[0]: set exactly one of "key" and "key_sha256"'),
+    ({"keys": [{"key": SECRET, "key_sha256": "ab" * 32}]}, 'auth.keys[0]: set exactly one of "key" and "key_sha256"'),
+    ({"keys": [{"key_sha256": "xyz"}]}, 'auth.keys[0].key_sha256: must be 64 hex digits (the SHA-256 of the key), got "xyz"'),
+    ({"keys": [{"key": SECRET, "role": "root"}]}, 'auth.keys[0].role: must be one of "data", "admin", got "root"'),
+    ({"keys": [{"name": "a", "key": SECRET}, {"name": "b", "key": SECRET}]}, "auth.keys[1]: the same key as 'a'"),
+    ({"keys": {"key": SECRET}}, "auth.keys: must be an array of tables ([[auth.keys]]), got a table"),
+])
+def test_bad_auth_keys_are_refused_without_quoting_the_key(keys, expected):
+    message = error_of({"auth": keys})
+    assert message == expected
+    assert SECRET not in message
