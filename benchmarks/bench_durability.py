@@ -33,6 +33,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,29 @@ def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
     return "\n".join(lines), met
 
 
+def reset_redis(url: str) -> None:
+    """Empty the benchmark's redis-server and rewrite its AOF, waiting until that is done: a
+    repetition starts on an empty Redis, as the other targets start on empty storage (earlier
+    repetitions' data would otherwise make every AOF rewrite of this one longer)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        client.flushall()
+        try:
+            client.bgrewriteaof()
+        except redis_py.ResponseError:  # one is running already: wait for it, then it is small
+            pass
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tests.storage.redis_proc import RedisProcess, redis_server_path
@@ -131,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def fresh_targets(rep: int) -> list:
             # Every repetition starts three new servers on empty storage (a new SQLite file, a
-            # new Redis database), so each compares like with like: every server's core keeps
-            # each reservation for the idempotency retention and slows down as a run piles
-            # them up.
+            # new Redis database in an emptied Redis), so each compares like with like: every
+            # server's core keeps each reservation for the idempotency retention and slows down
+            # as a run piles them up.
             return [
                 e2e.Target("memory", "memory://", workdir, server_cmd),
                 e2e.Target("sqlite", f"sqlite:///{workdir / f'sqlite-{rep}' / 'quota.db'}", workdir, server_cmd),
@@ -145,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(args.reps):
                 for target in targets:
                     target.stop()
+                reset_redis(redis.url)
                 targets = fresh_targets(rep)
                 for target in targets:
                     print(f"== rep {rep} {target.name}: starting", file=sys.stderr, flush=True)
