@@ -517,7 +517,7 @@ def _parse_price(t: _Table) -> ActionPrice:
 
 
 _PLAN_KEYS = ("period", "included_credits", "rollover_max", "credit_limit", "unlimited",
-              "max_open_holds", "features", "limits")
+              "max_open_holds", "low_balance", "features", "limits")
 _LIMIT_KEYS = ("name", "capacity", "refill_amount", "refill_period_ms", "cost", "actions")
 
 
@@ -541,6 +541,7 @@ def _parse_plans(data: object, prices: PriceCatalog, warnings: list[str]) -> Pla
             credit_limit=t.integer("credit_limit", d.credit_limit),
             unlimited=t.boolean("unlimited", d.unlimited),
             max_open_holds=t.integer("max_open_holds", d.max_open_holds, maximum=10**9),
+            low_balance=t.integer("low_balance", d.low_balance),
             features=t.patterns("features"),
             limits=_parse_limits(t, priced_quantities, warnings),
         )

@@ -154,6 +154,9 @@ class Engine:
         self.on_health_change: Callable[[bool], None] | None = None
         # Turns the holds that expired in a flush into usage rows and events (set by the server).
         self.derive_expired: Callable[[list, int], tuple[list[UsageRow], list]] | None = None
+        # Called after each batch is applied with the accounts that recorded usage in it; returns
+        # more events for the same write (notify.Thresholds).
+        self.observe: Callable[[set[str], int], list[tuple[str, str, dict]]] | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -443,6 +446,7 @@ class Engine:
         replayed = set(self.ledger.replayed_indices())
         usage = flush.usage
         packed = flush.packed
+        usage_from, packed_from = len(usage), len(packed)
         event_specs: list[tuple[str, str, dict]] = []
         expired = self.ledger.take_expired()
         if expired and self.derive_expired is not None:
@@ -463,6 +467,11 @@ class Engine:
                         if evs:
                             event_specs.extend(evs)
             index += len(item.ops)
+        observe = self.observe
+        if observe is not None and (len(usage) > usage_from or len(packed) > packed_from):
+            touched = {row.account_id for row in usage[usage_from:]}
+            touched.update(chunk[0] for chunk in packed[packed_from:])
+            event_specs.extend(observe(touched, now_ms))
         if event_specs:
             flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
         return flush

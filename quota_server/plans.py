@@ -111,6 +111,7 @@ class Plan:
     credit_limit: int = 0
     unlimited: bool = False
     max_open_holds: int = 0
+    low_balance: int = 0  # balance.low when available falls to this or below (0: never)
     features: tuple[str, ...] = ("*",)
     limits: tuple[RateLimit, ...] = ()
     _feature_set: ActionSet = field(init=False, repr=False, compare=False)

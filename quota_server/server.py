@@ -26,6 +26,7 @@ from .admin import AdminServicer
 from .dataplane import DataPlane, QuotaServicer, derive_expired, add_quota_service
 from .engine import Engine, EngineOptions
 from .auth import ApiKeyAuth
+from .notify import Thresholds
 from .renewal import IncludedCredits
 from .storage import LeaseHeld, Storage, storage_from_url
 
@@ -82,6 +83,7 @@ class QuotaServer:
         self.engine.derive_expired = derive_expired
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.renewal = IncludedCredits(engine=self.engine, plans=config.plans)
+        self.dataplane: DataPlane | None = None
         self._renewal_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
@@ -105,7 +107,9 @@ class QuotaServer:
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        dataplane = DataPlane(engine=self.engine, config=self.config)
+        dataplane = self.dataplane = DataPlane(engine=self.engine, config=self.config)
+        thresholds = Thresholds(engine=self.engine, plans=self.config.plans, accounts=dataplane.accounts)
+        self.engine.observe = thresholds if thresholds.active else None
         add_quota_service(
             server, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
         )

@@ -242,3 +242,43 @@ async def test_get_balance_reports_limits_state(server):
     b = await server.balance("free-1")
     assert [(lim.name, lim.remaining, lim.capacity, lim.reset_after_ms) for lim in b.limits] == [
         ("requests_per_minute", 9, 10, 45_000)]
+
+
+async def test_included_credit_thresholds_and_low_balance_are_announced(server_config_data, manual_clock):
+    """Goal: credits.threshold at 50, 80 and 100 % of the period's included credits (each once,
+    every threshold crossed by one call), balance.low when available falls to the plan's
+    low_balance (once, armed again above it); events go out with the batch's write."""
+    server_config_data["plans"]["watch"] = {"included_credits": 100, "low_balance": 30}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("w-1", "watch")
+
+        async def charge(cid: str, amount: int) -> None:
+            r = await srv.quota.Charge(pb.ChargeRequest(account_id="w-1", charge_id=cid, amount=amount))
+            assert r.decision == OK
+
+        async def announced() -> list[tuple]:
+            events = await srv.server.storage.read_events(0, 1000, "w-1")
+            return [(e.type, json.loads(e.payload).get("percent") or json.loads(e.payload).get("available"))
+                    for e in events if e.type in ("credits.threshold", "balance.low")]
+
+        await charge("c1", 40)
+        assert await announced() == []
+        await charge("c2", 10)                                   # 50 % used
+        assert await announced() == [("credits.threshold", "50")]
+        await charge("c2", 10)                                   # a replay: nothing new
+        await charge("c3", 25)                                   # 75 %: nothing; available 25 <= 30
+        assert await announced() == [("credits.threshold", "50"), ("balance.low", "25")]
+        await srv.admin.Grant(apb.GrantRequest(account_id="w-1", grant_id="top-up", amount=50, priority=10))
+        await charge("c4", 5)                                    # 80 %; available 70: low no more
+        await charge("c5", 40)                                   # 100 %; available 30: low again
+        assert await announced() == [
+            ("credits.threshold", "50"), ("balance.low", "25"), ("credits.threshold", "80"),
+            ("credits.threshold", "100"), ("balance.low", "30")]
+        events = await srv.server.storage.read_events(0, 1000, "w-1")
+        hundred = [json.loads(e.payload) for e in events if e.type == "credits.threshold"][-1]
+        assert hundred == {"percent": "100", "included": "100", "used": "100",
+                           "period_start_at_ms": str(PERIOD_START_MS)}
+    finally:
+        await srv.stop()

@@ -155,7 +155,7 @@ def test_built_in_default_plan_exists_only_without_plans(tmp_path):
 def test_plan_keys_default_as_documented():
     plan = parse_config(plan_with(), source="x").plans["free"]
     assert plan == Plan(name="free", period="month", included_credits=0, rollover_max=0,
-                        credit_limit=0, unlimited=False, max_open_holds=0, features=("*",),
+                        credit_limit=0, unlimited=False, max_open_holds=0, low_balance=0, features=("*",),
                         limits=())
 
 

@@ -1,0 +1,85 @@
+"""Notifications before surprises (PRODUCT.md): threshold events on usage.
+
+After each batch is applied, the engine hands `Thresholds` the accounts that recorded usage in
+it (a commit, a charge, a hold committed at expiry). For each one whose plan asks for it:
+
+- `credits.threshold` when the current period's included credits (the lot
+  `included:<plan>:<period start ms>`) become 50, 80 or 100 % used: one event per threshold
+  crossed, attributes `percent`, `included`, `used`, `period_start_at_ms`;
+- `balance.low` when `available` falls to the plan's `low_balance` or below (from above it):
+  attributes `available`, `threshold`; it is armed again once `available` is back above.
+
+The events go out with the batch's own write, like every other event. What has been announced
+is kept in memory only, so after a restart a threshold already reached may be announced again
+with the next usage of the account: consumers deduplicate by (`account_id`,
+`period_start_at_ms`, `percent`) and treat `balance.low` as a state ("is low"), not a count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .renewal import included_grant_id
+
+NS_PER_MS = 1_000_000
+PERCENTS = (50, 80, 100)
+
+
+class Thresholds:
+    """The engine's `observe` hook: threshold events for the accounts that recorded usage."""
+
+    def __init__(self, *, engine: Any, plans: Any, accounts: Any) -> None:
+        self.engine = engine
+        self.plans = plans
+        self.accounts = accounts  # dataplane.AccountIndex: account -> (plan_id, status)
+        self.active = any(plans[name].included_credits > 0 or plans[name].low_balance > 0 for name in plans)
+        self._announced: dict[str, tuple[int, int]] = {}  # account -> (period start, highest percent)
+        self._low: set[str] = set()  # accounts announced low and not above their threshold since
+
+    def __call__(self, touched: set[str], now_ms: int) -> list[tuple[str, str, dict[str, str]]]:
+        events: list[tuple[str, str, dict[str, str]]] = []
+        if not self.active:
+            return events
+        ledger = self.engine.ledger
+        now_ns = now_ms * NS_PER_MS
+        for account_id in sorted(touched):  # a fixed order: the event ids do not depend on set order
+            entry = self.accounts.lookup(account_id)
+            plan = self.plans.get(entry[0]) if entry is not None else None
+            if plan is None:
+                continue
+            if plan.included_credits > 0:
+                self._included(ledger, account_id, plan, now_ms, events)
+            if plan.low_balance > 0:
+                view = ledger.account_view(account_id, now_ns)
+                available = view["available"] if view is not None else None
+                if available is None or available > plan.low_balance:
+                    self._low.discard(account_id)
+                elif account_id not in self._low:
+                    self._low.add(account_id)
+                    events.append(("balance.low", account_id,
+                                   {"available": str(available), "threshold": str(plan.low_balance)}))
+        return events
+
+    def _included(self, ledger: Any, account_id: str, plan: Any, now_ms: int, events: list) -> None:
+        start, _ = plan.period_bounds(now_ms)
+        lot_id = included_grant_id(plan.name, start)
+        if not ledger.has_grant(account_id, lot_id):
+            return  # no included credits this period (yet)
+        remaining = sum(lot["remaining"] for lot in ledger.lots_view(account_id, now_ms * NS_PER_MS)
+                        if lot["lot_id"] == lot_id)
+        used = plan.included_credits - remaining
+        percent = used * 100 // plan.included_credits
+        period, level = self._announced.get(account_id, (start, 0))
+        if period != start:
+            level = 0
+        for threshold in PERCENTS:
+            if level < threshold <= percent:
+                events.append(("credits.threshold", account_id, {
+                    "percent": str(threshold), "included": str(plan.included_credits), "used": str(used),
+                    "period_start_at_ms": str(start),
+                }))
+                level = threshold
+        self._announced[account_id] = (start, level)
+
+
+__all__ = ["PERCENTS", "Thresholds"]
