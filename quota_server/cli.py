@@ -551,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"deadline of each call (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"bearer token (default: ${API_KEY_ENV})")
+    parser.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS (with --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     account = commands.add_parser("account", help="create, update or show an account")
@@ -667,6 +670,26 @@ def _report_error(exc: Any, out: Output) -> None:
     out.stderr.write(f"quotactl: {code}{reason}: {exc.message}{meta}\n")
 
 
+def _tls_credentials(args):
+    """grpc channel credentials from --tls-ca / --tls-cert / --tls-key, or None (plaintext)."""
+    import grpc
+
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+
+    def read(path):
+        with open(path, "rb") as file:
+            return file.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca) if args.tls_ca else None,
+        private_key=read(args.tls_key) if args.tls_key else None,
+        certificate_chain=read(args.tls_cert) if args.tls_cert else None,
+    )
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
     stdout = stdout or sys.stdout
@@ -681,8 +704,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     from quota_client import QuotaClient, QuotaError
 
     try:
-        client = QuotaClient(args.target, timeout=args.timeout, api_key=args.api_key)
-    except ValueError as exc:
+        credentials = _tls_credentials(args)
+        client = QuotaClient(args.target, timeout=args.timeout, api_key=args.api_key, credentials=credentials)
+    except (ValueError, OSError) as exc:
         stderr.write(f"quotactl: error: {exc}\n")
         return EXIT_USAGE
     started = time.monotonic()

@@ -84,6 +84,13 @@ class ServerConfig:
     grace_period_ms: int = 10_000  # on SIGTERM: time to finish and persist in-flight work
     flush_max_ops: int = 4_096  # operations in one persisted batch
     flush_window_us: int = 2_000  # adaptive group commit: longest wait for more small ops
+    tls_cert_file: str = ""  # PEM certificate chain: serve TLS (with tls_key_file)
+    tls_key_file: str = ""  # PEM private key of tls_cert_file
+    tls_client_ca_file: str = ""  # PEM CA bundle: require client certificates it signed (mTLS)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,7 +439,8 @@ def _sha256_problem(value: str) -> str | None:
 
 def _parse_server(data: object) -> ServerConfig:
     t = _Table(data, "server", ("listen", "max_queue", "max_message_bytes", "max_batch_ops",
-                                "grace_period_ms", "flush_max_ops", "flush_window_us"))
+                                "grace_period_ms", "flush_max_ops", "flush_window_us", "tls_cert_file",
+                                "tls_key_file", "tls_client_ca_file"))
     d = ServerConfig()
     max_queue = t.integer("max_queue", d.max_queue, minimum=1, maximum=10**9)
     return ServerConfig(
@@ -445,7 +453,21 @@ def _parse_server(data: object) -> ServerConfig:
         grace_period_ms=t.duration_ms("grace_period_ms", d.grace_period_ms, minimum=0),
         flush_max_ops=t.integer("flush_max_ops", d.flush_max_ops, minimum=1, maximum=10**9),
         flush_window_us=t.integer("flush_window_us", d.flush_window_us, minimum=0, maximum=1_000_000),
+        **_tls_files(t),
     )
+
+
+def _tls_files(t: _Table) -> dict[str, str]:
+    """The TLS file keys: certificate and key together, a client CA only with them. The files
+    are read when the server starts (a missing or bad file stops it, naming the key)."""
+    files = {key: t.string(key, "") for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")}
+    if bool(files["tls_cert_file"]) != bool(files["tls_key_file"]):
+        missing = "tls_key_file" if files["tls_cert_file"] else "tls_cert_file"
+        raise _Invalid(t.key(missing), "missing (tls_cert_file and tls_key_file go together)")
+    if files["tls_client_ca_file"] and not files["tls_cert_file"]:
+        raise _Invalid(t.key("tls_client_ca_file"), "needs tls_cert_file and tls_key_file (client "
+                       "certificates are checked over TLS)")
+    return files
 
 
 def _parse_storage(data: object) -> StorageConfig:

@@ -91,6 +91,8 @@ class QuotaServer:
         self.exit_code = 0
 
     async def start(self) -> None:
+        # TLS files first: a bad one stops the server before it touches the storage.
+        credentials = _server_credentials(self.config.server) if self.config.server.tls else None
         await self.storage.open()
         warning = await self.storage.check_durability()
         if warning:
@@ -122,7 +124,10 @@ class QuotaServer:
             server,
         )
         try:
-            self.port = server.add_insecure_port(self.config.server.listen)
+            if credentials is not None:
+                self.port = server.add_secure_port(self.config.server.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self.config.server.listen)
         except RuntimeError as exc:
             self.port = 0
             err = exc
@@ -186,6 +191,27 @@ class QuotaServer:
         await self.stopped.wait()
         if self.grpc_server is not None:
             await self.grpc_server.wait_for_termination()
+
+
+def _read_pem(server_config, key: str) -> bytes:
+    path = getattr(server_config, key)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise StartupError(f"server.{key}: cannot read {path!r} ({exc.strerror or exc})") from None
+    if b"-----BEGIN " not in data:
+        raise StartupError(f"server.{key}: {path!r} is not PEM (no -----BEGIN line)")
+    return data
+
+
+def _server_credentials(server_config) -> grpc.ServerCredentials:
+    """TLS credentials from the [server] tls_* files; with a client CA, client certificates
+    signed by it are required (mutual TLS)."""
+    cert = _read_pem(server_config, "tls_cert_file")
+    key = _read_pem(server_config, "tls_key_file")
+    ca = _read_pem(server_config, "tls_client_ca_file") if server_config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 def _is_loopback(listen: str) -> bool:

@@ -598,3 +598,19 @@ def test_bad_auth_keys_are_refused_without_quoting_the_key(keys, expected):
     message = error_of({"auth": keys})
     assert message == expected
     assert SECRET not in message
+
+
+@pytest.mark.parametrize("server, expected", [
+    ({"tls_cert_file": "c.pem"}, "server.tls_key_file: missing (tls_cert_file and tls_key_file go together)"),
+    ({"tls_key_file": "k.pem"}, "server.tls_cert_file: missing (tls_cert_file and tls_key_file go together)"),
+    ({"tls_client_ca_file": "ca.pem"},
+     "server.tls_client_ca_file: needs tls_cert_file and tls_key_file (client certificates are checked over TLS)"),
+])
+def test_tls_files_go_together(server, expected):
+    assert error_of({"server": server}) == expected
+
+
+def test_tls_files_are_read_as_paths():
+    server = parse_config({"server": {"tls_cert_file": "c.pem", "tls_key_file": "k.pem"}}, source="t").server
+    assert (server.tls, server.tls_cert_file, server.tls_key_file, server.tls_client_ca_file) == (True, "c.pem", "k.pem", "")
+    assert not parse_config({}, source="t").server.tls
