@@ -471,7 +471,10 @@ class Engine:
         if observe is not None and (len(usage) > usage_from or len(packed) > packed_from):
             touched = {row.account_id for row in usage[usage_from:]}
             touched.update(chunk[0] for chunk in packed[packed_from:])
-            event_specs.extend(observe(touched, now_ms))
+            try:
+                event_specs.extend(observe(touched, now_ms))
+            except Exception:  # noqa: BLE001 - notifications must never stop the write path
+                log.exception("threshold notifications failed for this batch (its writes go on)")
         if event_specs:
             flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
         return flush

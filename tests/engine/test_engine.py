@@ -333,3 +333,37 @@ async def test_no_waiting_for_company_behind_slow_writes(tmp_path):
     await asyncio.gather(*(caller(name) for name in ("x", "y", "z")))
     assert engine.windows_run_out <= 1  # only, perhaps, the very first batch's (no write yet)
     await engine.stop()
+
+
+async def test_observe_sees_accounts_with_usage_and_its_failure_does_not_stop_writes(tmp_path):
+    """The observe hook gets the accounts that recorded usage in a batch, and its events go out
+    with that batch; a hook that raises is logged and the batch is still applied and written."""
+    from quota_server.storage.base import UsageRow
+
+    engine, storage, _ = await _engine(tmp_path)
+    seen: list[set[str]] = []
+
+    def observe(touched, now_ms):
+        seen.append(set(touched))
+        if "boom" in touched:
+            raise RuntimeError("a bug in a notification")
+        return [("test.observed", account_id, {}) for account_id in sorted(touched)]
+
+    def usage_of(account_id):
+        def derive(op, r, fresh, now_ms):
+            return [UsageRow(account_id=account_id, at_ms=now_ms, payload=b"{}")], []
+        return derive
+
+    engine.observe = observe
+    try:
+        for account_id in ("a", "boom"):
+            await engine.submit_many([(_upsert(account_id), None), (_grant(account_id, "g", 10), None)])
+        assert seen == []  # no usage, no call
+        assert (await engine.submit(_charge("a", "c1", 1), usage_of("a")))[0] == C.OK
+        assert (await engine.submit(_charge("boom", "c1", 1), usage_of("boom")))[0] == C.OK
+        assert seen == [{"a"}, {"boom"}]
+        assert engine.fatal is None and engine.ledger.account_view("boom", engine.now_ns())["available"] == 9
+        events = await storage.read_events(0, 100)
+        assert [(e.type, e.account_id) for e in events if e.type == "test.observed"] == [("test.observed", "a")]
+    finally:
+        await engine.stop()
