@@ -251,6 +251,12 @@ cdef class Ledger:
     def has_grant(self, account_id, grant_id):
         return has_rec(self, account_id, grant_id, REC_GRANT)
 
+    def grant_remaining(self, account_id, grant_id):
+        """What is left of the lot the grant made (its `remaining`, earmarks included; 0 once
+        the lot is spent or if the grant made none), or None if the ledger has no record of the
+        grant. Does not let time pass (lots_view does)."""
+        return grant_remaining(self, account_id, grant_id)
+
     def grant_expired(self, account_id, grant_id):
         """How much of the grant's lot expired unused (its free part when it expired), or None
         if the ledger has no record of the grant."""

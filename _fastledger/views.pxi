@@ -74,6 +74,20 @@ cdef object reservation_view(Ledger L, object aid, object rid):
     }
 
 
+cdef object grant_remaining(Ledger L, object aid, object gid):
+    cdef Account a = lookup(L, aid)
+    cdef Rec* r = NULL
+    cdef int i
+    if a is not None and valid_id(gid):
+        r = find_rec(L, a, REC_GRANT, gid)
+    if r == NULL:
+        return None
+    for i in range(a.nlots):
+        if a.lots[i].grant == <Idem*>r:
+            return a.lots[i].remaining
+    return 0
+
+
 cdef object grant_expired(Ledger L, object aid, object gid):
     cdef Account a = lookup(L, aid)
     cdef Rec* r = NULL

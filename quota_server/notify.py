@@ -42,13 +42,17 @@ class Thresholds:
             return events
         ledger = self.engine.ledger
         now_ns = now_ms * NS_PER_MS
+        periods: dict[str, int] = {}  # plan -> start of its current period (one calendar sum per call)
         for account_id in sorted(touched):  # a fixed order: the event ids do not depend on set order
             entry = self.accounts.lookup(account_id)
             plan = self.plans.get(entry[0]) if entry is not None else None
             if plan is None:
                 continue
             if plan.included_credits > 0:
-                self._included(ledger, account_id, plan, now_ms, events)
+                start = periods.get(plan.name)
+                if start is None:
+                    start = periods[plan.name] = plan.period_bounds(now_ms)[0]
+                self._included(ledger, account_id, plan, start, events)
             if plan.low_balance > 0:
                 view = ledger.account_view(account_id, now_ns)
                 available = view["available"] if view is not None else None
@@ -60,13 +64,10 @@ class Thresholds:
                                    {"available": str(available), "threshold": str(plan.low_balance)}))
         return events
 
-    def _included(self, ledger: Any, account_id: str, plan: Any, now_ms: int, events: list) -> None:
-        start, _ = plan.period_bounds(now_ms)
-        lot_id = included_grant_id(plan.name, start)
-        if not ledger.has_grant(account_id, lot_id):
+    def _included(self, ledger: Any, account_id: str, plan: Any, start: int, events: list) -> None:
+        remaining = ledger.grant_remaining(account_id, included_grant_id(plan.name, start))
+        if remaining is None:
             return  # no included credits this period (yet)
-        remaining = sum(lot["remaining"] for lot in ledger.lots_view(account_id, now_ms * NS_PER_MS)
-                        if lot["lot_id"] == lot_id)
         used = plan.included_credits - remaining
         percent = used * 100 // plan.included_credits
         period, level = self._announced.get(account_id, (start, 0))

@@ -48,6 +48,7 @@ def test_grant_record_lives_until_its_lot_would_expire_even_when_spent(d):
     assert d.led.has_grant("a", "inc")
     assert d(grant(gid="inc", amount=10, expires_ns=end)) == (C.OK, 10)  # the stored result
     assert d.lots() == [] and d.account()["granted"] == 10
+    assert d.led.grant_remaining("a", "inc") == 0  # spent: the record is there, the lot is not
     d.advance(end - d.now)
     assert d(expire()) == (C.OK, 0)
     assert d.led.grant_expired("a", "inc") == 0     # spent: nothing expired unused
@@ -64,6 +65,8 @@ def test_grant_record_notes_what_of_its_lot_expired_unused(d):
     assert d(reserve(rid="r1", amount=20))[1] == C.DECISION_OK
     assert d.led.grant_expired("a", "inc") == 0
     assert d.led.grant_expired("a", "nope") is None and d.led.grant_expired("nobody", "inc") is None
+    assert d.led.grant_remaining("a", "inc") == 70  # earmarks included
+    assert d.led.grant_remaining("a", "nope") is None and d.led.grant_remaining("nobody", "inc") is None
     d.advance(10 * SECOND)
     assert d(check(amount=1))[1] == C.DECISION_INSUFFICIENT_CREDITS  # the lot expired on touch
     assert d.led.grant_expired("a", "inc") == 50

@@ -928,6 +928,15 @@ class Ledger:
     def has_grant(self, account_id: str, grant_id: str) -> bool:
         return (account_id, grant_id) in self.grants
 
+    def grant_remaining(self, account_id: str, grant_id: str) -> int | None:
+        """What is left of the grant's lot (0 once spent or if it made none), or None without a
+        record of the grant."""
+        if (account_id, grant_id) not in self.grants:
+            return None
+        acct = self.accounts.get(account_id)
+        lot = acct.find_lot(grant_id) if acct is not None else None
+        return lot.remaining if lot is not None else 0
+
     def grant_expired(self, account_id: str, grant_id: str) -> int | None:
         """How much of the grant's lot expired unused, or None without a record of the grant."""
         record = self.grants.get((account_id, grant_id))

@@ -205,6 +205,7 @@ class CoreMatchesModel(RuleBasedStateMachine):
                 ledger.buckets_view(acct, self.now),
                 [ledger.reservation_view(acct, rid) for rid in RES_IDS],
                 [ledger.grant_expired(acct, gid) for gid in GRANT_IDS],
+                [ledger.grant_remaining(acct, gid) for gid in GRANT_IDS],
             )
         return views
 
