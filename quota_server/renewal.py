@@ -9,8 +9,8 @@ within `interval_s` of each boundary.
 
 Each grant has the id `included:<plan>:<period start ms>` (`included_grant_id`), the id that
 joining uses, so a pass never grants a period twice: the core keeps a grant's idempotency record
-until its lot's expiry (the period's end), even once the lot is spent, and a grant already made
-is a replay. A pass skips accounts whose record exists, so a restart costs one lookup per account.
+until a retention past its lot's expiry (the period's end), even once the lot is spent, and a
+grant already made is a replay. A pass skips accounts whose record exists, so a restart costs one lookup per account.
 
 Roll-over (`rollover_max` > 0): the pass first touches each due account (a Check of 0, which
 lets its lots expire), then reads what of the previous period's included and roll-over lots
