@@ -38,6 +38,16 @@ cdef inline int lot_index(Account a, int64_t seq) noexcept:
     return -1
 
 
+cdef inline int lot_of_grant(Account a, Rec* g) noexcept:
+    """The index of the lot grant record `g` made (lot ids are grant ids), or -1 if it has none
+    (spent, or the grant paid a debt and made none)."""
+    cdef int i
+    for i in range(a.nlots):
+        if &a.lots[i].grant.r == g:
+            return i
+    return -1
+
+
 cdef int lots_reserve(Account a, int n) except -1:
     cdef int cap
     cdef Lot* p

@@ -258,7 +258,7 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
         Py_DECREF(a)
     while done < max_items and L.purge_q.n and L.purge_q.a[0].t <= now:
         r = <Rec*>L.purge_q.a[0].p
-        if r.kind == REC_GRANT and has_lot_of(<Account>r.acct, <Idem*>r):
+        if r.kind == REC_GRANT and lot_of_grant(<Account>r.acct, r) >= 0:
             # Lot ids are grant ids: the record lives as long as its lot, so a retry can never
             # create a second lot with the same id. It is looked at again a retention later.
             (<Idem*>r).purge_ns = now + L.retention_ns
@@ -269,14 +269,6 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
             rec_kill(L, r)
         done += 1
     return (OK, done)
-
-
-cdef bint has_lot_of(Account a, Idem* g) noexcept:
-    cdef int i
-    for i in range(a.nlots):
-        if a.lots[i].grant == g:
-            return True
-    return False
 
 
 cdef object apply_one(Ledger L, object op, int64_t now):

@@ -492,14 +492,6 @@ cdef int rd_idem(Reader x, uint8_t kind) except -1:
     return 0
 
 
-cdef inline bint lot_names(Account a, Rec* g) noexcept:
-    cdef int i
-    for i in range(a.nlots):
-        if &a.lots[i].grant.r == g:
-            return True
-    return False
-
-
 cdef int rd_delete(Reader x) except -1:
     cdef Rd* r = &x.r
     cdef Ledger L = x.L
@@ -521,7 +513,7 @@ cdef int rd_delete(Reader x) except -1:
     if rec.seq == 0:
         x.pending -= 1              # a lot's placeholder
     rec_detach(L, rec)
-    if kind == REC_GRANT and lot_names(a, rec):
+    if kind == REC_GRANT and lot_of_grant(a, rec) >= 0:
         # Re-written later in the record: the lot is pointed at that record when done.
         vec_push(&x.orphans, rec)
     elif rec.flags & RF_DIRTY:

@@ -74,28 +74,25 @@ cdef object reservation_view(Ledger L, object aid, object rid):
     }
 
 
-cdef object grant_remaining(Ledger L, object aid, object gid):
+cdef Rec* rec_of(Ledger L, object aid, object rid, uint8_t kind):
+    """The record of kind `kind` and id `rid` of account `aid`, or NULL (any objects)."""
     cdef Account a = lookup(L, aid)
-    cdef Rec* r = NULL
+    return find_rec(L, a, kind, rid) if a is not None and valid_id(rid) else NULL
+
+
+cdef object grant_remaining(Ledger L, object aid, object gid):
+    cdef Rec* r = rec_of(L, aid, gid, REC_GRANT)
     cdef int i
-    if a is not None and valid_id(gid):
-        r = find_rec(L, a, REC_GRANT, gid)
     if r == NULL:
         return None
-    for i in range(a.nlots):
-        if a.lots[i].grant == <Idem*>r:
-            return a.lots[i].remaining
-    return 0
+    i = lot_of_grant(<Account>r.acct, r)
+    return (<Account>r.acct).lots[i].remaining if i >= 0 else 0
 
 
 cdef object grant_expired(Ledger L, object aid, object gid):
-    cdef Account a = lookup(L, aid)
-    cdef Rec* r = NULL
-    if a is not None and valid_id(gid):
-        r = find_rec(L, a, REC_GRANT, gid)
+    cdef Rec* r = rec_of(L, aid, gid, REC_GRANT)
     return None if r == NULL else (<Idem*>r).amount
 
 
 cdef bint has_rec(Ledger L, object aid, object rid, uint8_t kind):
-    cdef Account a = lookup(L, aid)
-    return a is not None and valid_id(rid) and find_rec(L, a, kind, rid) != NULL
+    return rec_of(L, aid, rid, kind) != NULL
