@@ -31,7 +31,7 @@ from .engine import Engine
 from .errors import QuotaError, from_core_status
 from .plans import Plan
 from .pricing import PriceCatalog, PricingError
-from .renewal import included_grant_id
+from .renewal import included_used
 from .rpc import abort_with
 from .storage.base import UsageRow
 from .validate import (
@@ -431,13 +431,9 @@ class DataPlane:
         plan = self.plans.get(view["plan_id"])
         if plan is not None:
             start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
-            included_lot = included_grant_id(plan.name, start_ms)
-            remaining = sum(lot["remaining"] for lot in lots if lot["lot_id"] == included_lot)
-            # The grant's record outlives a spent lot until the period's end (see renewal.py).
-            granted = plan.included_credits if ledger.has_grant(account_id, included_lot) else 0
             resp.period.CopyFrom(pb.BillingPeriod(
                 start_at_ms=start_ms, end_at_ms=end_ms, included=plan.included_credits,
-                used=max(0, granted - remaining),
+                used=included_used(ledger, account_id, plan, start_ms) or 0,
             ))
         return resp
 
@@ -722,5 +718,5 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
     return work.encode(results, lambda slot, result: _answer_item(dp, slot, result).SerializeToString())
 
 
-__all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "included_grant_id", "run_batch",
+__all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "run_batch",
            "run_batch_wire", "grpc"]

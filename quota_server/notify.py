@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .renewal import included_grant_id
+from .renewal import included_used
 
 NS_PER_MS = 1_000_000
 PERCENTS = (50, 80, 100)
@@ -32,14 +32,13 @@ class Thresholds:
         self.engine = engine
         self.plans = plans
         self.accounts = accounts  # dataplane.AccountIndex: account -> (plan_id, status)
+        # Whether any plan asks for these events (the server installs the hook only then).
         self.active = any(plans[name].included_credits > 0 or plans[name].low_balance > 0 for name in plans)
         self._announced: dict[str, tuple[int, int]] = {}  # account -> (period start, highest percent)
         self._low: set[str] = set()  # accounts announced low and not above their threshold since
 
     def __call__(self, touched: set[str], now_ms: int) -> list[tuple[str, str, dict[str, str]]]:
         events: list[tuple[str, str, dict[str, str]]] = []
-        if not self.active:
-            return events
         ledger = self.engine.ledger
         now_ns = now_ms * NS_PER_MS
         periods: dict[str, int] = {}  # plan -> start of its current period (one calendar sum per call)
@@ -65,10 +64,9 @@ class Thresholds:
         return events
 
     def _included(self, ledger: Any, account_id: str, plan: Any, start: int, events: list) -> None:
-        remaining = ledger.grant_remaining(account_id, included_grant_id(plan.name, start))
-        if remaining is None:
+        used = included_used(ledger, account_id, plan, start)
+        if used is None:
             return  # no included credits this period (yet)
-        used = plan.included_credits - remaining
         percent = used * 100 // plan.included_credits
         period, level = self._announced.get(account_id, (start, 0))
         if period != start:

@@ -45,6 +45,14 @@ def included_grant_id(plan_id: str, period_start_ms: int) -> str:
     return f"included:{plan_id}:{period_start_ms}"
 
 
+def included_used(ledger: Any, account_id: str, plan: Plan, period_start_ms: int) -> int | None:
+    """How much of the period's included credits the account has used (what is gone from the
+    `included:` lot, earmarks not counted as used), or None if it got none this period. The
+    grant's record outlives a spent lot (see above), so a spent lot reads as all used."""
+    remaining = ledger.grant_remaining(account_id, included_grant_id(plan.name, period_start_ms))
+    return None if remaining is None else plan.included_credits - remaining
+
+
 def rollover_grant_id(plan_id: str, period_start_ms: int) -> str:
     """The grant id of the included credit a period carries over from the one before."""
     return f"rollover:{plan_id}:{period_start_ms}"
@@ -173,19 +181,11 @@ class IncludedCredits:
                               grant_event(account_id, gid, plan.included_credits, C.LOT_INCLUDED)))
                 accounts.add(account_id)
         if items:
-            await self._submit(items)
+            for (op, _), result in zip(items, await self.engine.submit_many(items)):
+                if result[0] != C.OK:  # LIMIT_EXCEEDED (the account holds as many lots as it may), say
+                    log.warning("included grant %s to %s answered status %d", op[2], op[1], result[0])
         return len(accounts)
 
-    async def _submit(self, items: list[tuple]) -> int:
-        results = await self.engine.submit_many(items)
-        done = 0
-        for (op, _), result in zip(items, results):
-            if result[0] == C.OK:
-                done += 1
-            else:  # LIMIT_EXCEEDED (the account holds as many lots as it may), say
-                log.warning("included grant %s to %s answered status %d", op[2], op[1], result[0])
-        return done
 
-
-__all__ = ["IncludedCredits", "grant_event", "included_grant_id", "included_grant_op", "rollover_grant_id",
+__all__ = ["IncludedCredits", "grant_event", "included_grant_id", "included_grant_op", "included_used", "rollover_grant_id",
            "rollover_grant_op"]

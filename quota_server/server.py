@@ -83,7 +83,6 @@ class QuotaServer:
         self.engine.derive_expired = derive_expired
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.renewal = IncludedCredits(engine=self.engine, plans=config.plans)
-        self.dataplane: DataPlane | None = None
         self._renewal_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
@@ -109,7 +108,7 @@ class QuotaServer:
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        dataplane = self.dataplane = DataPlane(engine=self.engine, config=self.config)
+        dataplane = DataPlane(engine=self.engine, config=self.config)
         thresholds = Thresholds(engine=self.engine, plans=self.config.plans, accounts=dataplane.accounts)
         self.engine.observe = thresholds if thresholds.active else None
         add_quota_service(
