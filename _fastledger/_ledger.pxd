@@ -22,38 +22,51 @@ ctypedef struct Rec:
     int64_t fp
 
 
-# What an open hold does not need: its original reserve result once extended, and its
-# settlement. Allocated on the first extend or at settlement.
-ctypedef struct HoldAux:
-    int64_t amount0             # amount_held of the stored reserve result
-    int64_t expires0            # expires_ns of the stored reserve result
-    int64_t commit_fp
+# A hold's original reserve result (amount_held, expires_ns) once an extend changed them: the
+# reserve's replay answers with it. Allocated by the first extend that changes anything (rare).
+ctypedef struct HoldOrig:
+    int64_t amount0
+    int64_t expires0
+
+
+# What backs an open hold (state RES_HELD): lot earmarks, then overdraft room.
+ctypedef struct HoldOpen:
+    int64_t overdraft
+    Earmark mark0
+    Earmark* more               # earmarks beyond mark0 (Hold.nmore of them)
+
+
+# The stored result of a settled hold (any other state): what a replayed commit or release
+# answers. Shares its bytes with HoldOpen, which settlement empties first (free_earmarks).
+ctypedef struct HoldDone:
     int64_t charged             # commit: amount_charged; release: amount_released
-    int64_t released
+    int64_t released            # commit: amount_released
     int64_t uncharged
     int64_t avail               # available_after of the stored commit / release result
-    int64_t purge_ns
-    int32_t pidx                # position in the purge queue, -1 if none
-    uint8_t result              # AUX_NONE / AUX_COMMIT / AUX_RELEASE
-    uint8_t late
-    uint8_t has_orig
 
 
+ctypedef union HoldBody:
+    HoldOpen o                  # while state == RES_HELD
+    HoldDone d                  # once settled: committed, released or expired
+
+
+# One allocation per reservation, open or settled (a settled one is kept for its retention so
+# that retries get their original results); the id's bytes follow the struct.
 ctypedef struct Hold:
     Rec r
     int64_t amount
     int64_t expires_ns
     int64_t avail0              # available_after of the stored reserve result
-    int32_t hidx                # position in the hold queue, -1 if none
+    int32_t qidx                # position in the hold queue while open, in the purge queue once
+                                # settled (that entry's time is the purge time); -1 if none
     uint8_t state
     uint8_t on_expire
-    uint8_t hflags              # HF_UNBACKED / HF_AUTO
-    uint8_t nmore               # earmarks beyond mark0
-    int64_t overdraft
-    Earmark mark0
-    Earmark* more
+    uint8_t hflags              # HF_UNBACKED / HF_AUTO / HF_LATE
+    uint8_t nmore               # earmarks beyond mark0 (open holds)
+    int64_t commit_fp           # fingerprint of the commit that settled it (0: none)
+    HoldBody u
     PyObject* extra             # NULL, or tuple (meta bytes, bucket_taken dict or None)
-    HoldAux* aux
+    HoldOrig* orig              # NULL unless an extend changed amount or expiry
 
 
 # Idempotency record of a grant (amount unused) or a charge.

@@ -1,7 +1,7 @@
 # Expiry queues: C-array binary min-heaps of (time, seq, pointer).
 #
-# HQ_HOLDS and HQ_PURGE are indexed heaps: each record knows its position (Hold.hidx, the purge
-# index of a settled hold or an idempotency record), so an extend moves its entry and a purge
+# HQ_HOLDS and HQ_PURGE are indexed heaps: each record knows its position (Hold.qidx: an open
+# hold's in the hold queue, a settled hold's in the purge queue; Idem.pidx), so an extend moves its entry and a purge
 # removes it. HQ_LOTS is lazy: entries own a reference to the Account and are checked when
 # popped, exactly like the reference model's lot queue.
 #
@@ -24,7 +24,7 @@ cdef enum:
 
 cdef inline int32_t* rec_pidx(Rec* r) noexcept nogil:
     if r.kind == REC_HOLD:
-        return &(<Hold*>r).aux.pidx
+        return &(<Hold*>r).qidx
     return &(<Idem*>r).pidx
 
 
@@ -33,7 +33,7 @@ cdef inline void heap_place_k(HEnt* a, int kind, Py_ssize_t i, HEnt e) noexcept 
     a[i] = e
     if kind == HQ_HOLDS:
         if e.p != NULL:
-            (<Hold*>e.p).hidx = <int32_t>i
+            (<Hold*>e.p).qidx = <int32_t>i
     elif kind == HQ_PURGE:
         rec_pidx(<Rec*>e.p)[0] = <int32_t>i
 
@@ -174,7 +174,7 @@ cdef void heap_remove_at(Heap* h, Py_ssize_t i) noexcept:
     cdef HEnt* e = &h.a[i]
     h.n -= 1
     if h.kind == HQ_HOLDS:
-        (<Hold*>e.p).hidx = -1
+        (<Hold*>e.p).qidx = -1
         e.p = NULL
         while h.len and h.a[h.len - 1].p == NULL:
             h.len -= 1

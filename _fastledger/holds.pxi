@@ -39,14 +39,15 @@ cdef inline uint64_t key_hash(Account a, uint8_t kind, object rid) noexcept:
     return rec_hash(a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid))
 
 
-cdef inline HoldAux* hold_aux(Hold* h) except NULL:
-    if h.aux == NULL:
-        h.aux = <HoldAux*>PyMem_Malloc(sizeof(HoldAux))
-        if h.aux == NULL:
+cdef inline HoldOrig* hold_orig(Hold* h) except NULL:
+    """The hold's original reserve result, kept from now on (set by the caller when new)."""
+    if h.orig == NULL:
+        h.orig = <HoldOrig*>PyMem_Malloc(sizeof(HoldOrig))
+        if h.orig == NULL:
             raise MemoryError()
-        memset(h.aux, 0, sizeof(HoldAux))
-        h.aux.pidx = -1
-    return h.aux
+        h.orig.amount0 = h.amount
+        h.orig.expires0 = h.expires_ns
+    return h.orig
 
 
 cdef int decide(Account a, int64_t amount, bint feature, BSpec* specs, int nb, int64_t now,
@@ -93,15 +94,26 @@ cdef inline object expires_int(Ledger L, int64_t t):
 
 
 cdef inline tuple reserve_result(Hold* h):
-    if h.aux != NULL and h.aux.has_orig:
-        return (OK, DECISION_OK, h.aux.amount0, h.avail0, h.aux.expires0, 0, EMPTY)
+    if h.orig != NULL:
+        return (OK, DECISION_OK, h.orig.amount0, h.avail0, h.orig.expires0, 0, EMPTY)
     return (OK, DECISION_OK, h.amount, h.avail0, h.expires_ns, 0, EMPTY)
 
 
 cdef inline tuple commit_result(Hold* h):
-    cdef HoldAux* x = h.aux
-    return (O_OK, fl_int(x.charged), fl_int(x.released), fl_int(x.uncharged), fl_int(x.avail),
-            True if x.late else False)
+    cdef HoldDone* d = &h.u.d
+    return (O_OK, fl_int(d.charged), fl_int(d.released), fl_int(d.uncharged), fl_int(d.avail),
+            True if h.hflags & HF_LATE else False)
+
+
+cdef inline void set_commit_result(Account a, Hold* h, int64_t* out, bint late) noexcept:
+    """Store a settled hold's commit result: out = (charged, released, uncharged)."""
+    cdef HoldDone* d = &h.u.d
+    d.charged = out[0]
+    d.released = out[1]
+    d.uncharged = out[2]
+    d.avail = acct_available(a)
+    if late:
+        h.hflags |= HF_LATE
 
 
 cdef object op_reserve(Ledger L, tuple op, int64_t now):
@@ -177,13 +189,14 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
 
 
 cdef inline int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
-    cdef HoldAux* x = hold_aux(h)
+    """Settle an open hold whose backing is already freed (or that had none): its body becomes
+    the (empty) stored result, and it waits a retention in the purge queue."""
     h.state = state
     a.open_holds -= 1
-    if h.hidx >= 0:
-        heap_remove_at(&L.holds_q, h.hidx)
-    x.purge_ns = now + L.retention_ns
-    heap_push(&L.purge_q, x.purge_ns, h.r.seq, h)
+    if h.qidx >= 0:
+        heap_remove_at(&L.holds_q, h.qidx)
+    memset(&h.u, 0, sizeof(HoldBody))
+    heap_push(&L.purge_q, now + L.retention_ns, h.r.seq, h)
     return 0
 
 
@@ -212,17 +225,10 @@ cdef int settle_commit(Ledger L, Account a, Hold* h, int64_t actual, int64_t now
 
 cdef int expire_hold(Ledger L, Account a, Hold* h, int64_t now) except -1:
     cdef int64_t out[3]
-    cdef HoldAux* x
     if h.on_expire == EXPIRE_COMMIT:
         settle_commit(L, a, h, h.amount, now, out)
         h.hflags |= HF_AUTO
-        x = h.aux
-        x.result = AUX_COMMIT
-        x.charged = out[0]
-        x.released = out[1]
-        x.uncharged = out[2]
-        x.avail = acct_available(a)
-        x.late = 1
+        set_commit_result(a, h, out, True)
         L.expired_log.append((a.aid, rec_rid_str(&h.r), EXPIRE_COMMIT, out[0], out[2],
                               (<tuple>h.extra)[0] if h.extra != NULL else b""))
     else:
@@ -252,7 +258,6 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     cdef int st = OK
     cdef Account a
     cdef Hold* h
-    cdef HoldAux* x
     cdef bint late
     if not get_i64(<object>field(op, 3), &fp):
         return (INVALID_ARGUMENT,)
@@ -271,7 +276,7 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     if h.state == RES_RELEASED:
         return (RESERVATION_RELEASED,)
     if h.state == RES_COMMITTED:
-        if (h.hflags & HF_AUTO) or h.aux.commit_fp == fp:
+        if (h.hflags & HF_AUTO) or h.commit_fp == fp:
             L.replayed = True
             return commit_result(h)
         return (IDEMPOTENCY_KEY_REUSED,)
@@ -292,14 +297,8 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
             return (OVERFLOW,)
         settle_commit(L, a, h, actual, now, out)
         late = False
-    x = h.aux
-    x.result = AUX_COMMIT
-    x.charged = out[0]
-    x.released = out[1]
-    x.uncharged = out[2]
-    x.avail = acct_available(a)
-    x.late = late
-    x.commit_fp = fp
+    set_commit_result(a, h, out, late)
+    h.commit_fp = fp
     true_up_buckets(L, a, h, costs, now)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
@@ -312,7 +311,6 @@ cdef object op_release(Ledger L, tuple op, int64_t now):
     cdef int64_t released
     cdef Account a
     cdef Hold* h
-    cdef HoldAux* x
     if not valid_id(rid):
         return (INVALID_ID,)
     a = touch(L, op[1], now, &st)
@@ -325,7 +323,7 @@ cdef object op_release(Ledger L, tuple op, int64_t now):
         return (RESERVATION_COMMITTED,)
     if h.state == RES_RELEASED:
         L.replayed = True
-        return (OK, h.aux.charged, h.aux.avail)
+        return (OK, h.u.d.charged, h.u.d.avail)
     if h.state == RES_EXPIRED:
         released = 0
         h.state = RES_RELEASED
@@ -334,13 +332,11 @@ cdef object op_release(Ledger L, tuple op, int64_t now):
         if not (h.hflags & HF_UNBACKED):
             free_earmarks(L, a, h, 0)
         close_hold(L, a, h, RES_RELEASED, now)
-    x = h.aux
-    x.result = AUX_RELEASE
-    x.charged = released
-    x.avail = acct_available(a)
+    h.u.d.charged = released
+    h.u.d.avail = acct_available(a)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (OK, released, x.avail)
+    return (OK, released, h.u.d.avail)
 
 
 cdef object op_extend(Ledger L, tuple op, int64_t now):
@@ -349,7 +345,6 @@ cdef object op_extend(Ledger L, tuple op, int64_t now):
     cdef int st = OK
     cdef Account a
     cdef Hold* h
-    cdef HoldAux* x
     if not get_range(op[3], 0, AMOUNT_MAX, &total):
         return (INVALID_AMOUNT,)
     if not get_range(op[4], 0, TTL_NS_MAX, &ttl):
@@ -376,11 +371,7 @@ cdef object op_extend(Ledger L, tuple op, int64_t now):
         return (OK, DECISION_INSUFFICIENT_CREDITS, h.amount, h.expires_ns, avail)
     expires = now + ttl if ttl else h.expires_ns
     if extra or expires != h.expires_ns:
-        x = hold_aux(h)
-        if not x.has_orig:
-            x.has_orig = 1
-            x.amount0 = h.amount
-            x.expires0 = h.expires_ns
+        hold_orig(h)
         if extra:
             if not (h.hflags & HF_UNBACKED):
                 take_free(a, h, extra)
@@ -389,6 +380,6 @@ cdef object op_extend(Ledger L, tuple op, int64_t now):
             h.amount += extra
         if expires != h.expires_ns:
             h.expires_ns = expires
-            heap_update_at(&L.holds_q, h.hidx, expires)
+            heap_update_at(&L.holds_q, h.qidx, expires)
         mark_rec(L, &h.r)
     return (OK, DECISION_OK, h.amount, h.expires_ns, acct_available(a))

@@ -37,12 +37,12 @@ cdef int check_invariants(Ledger L) except -1:
             continue
         h = <Hold*>r
         if h.state != RES_HELD:
-            require(h.hidx == -1 and h.aux != NULL and h.aux.pidx >= 0
-                    and L.purge_q.a[h.aux.pidx].p == <void*>h, "a settled hold is queued for purge", a)
+            require(h.qidx >= 0 and L.purge_q.a[h.qidx].p == <void*>h,
+                    "a settled hold is queued for purge", a)
             purge_n += 1
             continue
-        require(h.hidx >= 0 and L.holds_q.a[h.hidx].p == <void*>h
-                and L.holds_q.a[h.hidx].t == h.expires_ns, "an open hold is queued by its expiry", a)
+        require(h.qidx >= 0 and L.holds_q.a[h.qidx].p == <void*>h
+                and L.holds_q.a[h.qidx].t == h.expires_ns, "an open hold is queued by its expiry", a)
         held_n += 1
         acc = per.get(a)
         if acc is None:
@@ -51,10 +51,10 @@ cdef int check_invariants(Ledger L) except -1:
         if h.hflags & HF_UNBACKED:
             continue
         acc[1] += h.amount
-        acc[2] += h.overdraft
+        acc[2] += h.u.o.overdraft
         marks = acc[3]
-        total = h.overdraft
-        nm = (1 if h.mark0.lot_seq else 0) + h.nmore
+        total = h.u.o.overdraft
+        nm = (1 if h.u.o.mark0.lot_seq else 0) + h.nmore
         for k in range(nm):
             m = hold_mark(h, k)
             require(m.amount > 0, "earmarks are positive", a)

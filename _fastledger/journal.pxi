@@ -145,12 +145,15 @@ cdef int put_buckets(Buf* b, Account a) except -1:
     return 0
 
 
-cdef int put_hold(Buf* b, Hold* h) except -1:
+cdef int put_hold(Buf* b, Hold* h, Heap* purge_q) except -1:
+    """A hold as its journal entry. The format predates the HoldOpen/HoldDone union: an open hold
+    is written with its earmarks, a settled one with none and overdraft 0, and the settlement
+    block (present once settled or extended) has the purge time from the hold's purge entry."""
     cdef object meta = b""
     cdef object taken = None
-    cdef Py_ssize_t nmarks = (1 if h.mark0.lot_seq else 0) + h.nmore
+    cdef bint held = h.state == RES_HELD
+    cdef Py_ssize_t nmarks = ((1 if h.u.o.mark0.lot_seq else 0) + h.nmore) if held else 0
     cdef Py_ssize_t ntaken, mlen
-    cdef HoldAux* x = h.aux
     cdef char* c
     cdef char* start
     cdef int i
@@ -172,8 +175,8 @@ cdef int put_hold(Buf* b, Hold* h) except -1:
     c = put64(c, h.avail0)
     c = put8(c, h.state)
     c = put8(c, h.on_expire)
-    c = put8(c, h.hflags)
-    c = put64(c, h.overdraft)
+    c = put8(c, h.hflags & (HF_UNBACKED | HF_AUTO))
+    c = put64(c, h.u.o.overdraft if held else 0)
     c = put16(c, <uint16_t>nmarks)
     for i in range(nmarks):
         c = put64(c, hold_mark(h, i).lot_seq)
@@ -187,19 +190,25 @@ cdef int put_hold(Buf* b, Hold* h) except -1:
         for name, cost in taken.items():
             c = putstr(c, name)
             c = put64(c, cost)
-    c = put8(c, 1 if x != NULL else 0)
-    if x != NULL:
-        c = put64(c, x.amount0)
-        c = put64(c, x.expires0)
-        c = put64(c, x.commit_fp)
-        c = put64(c, x.charged)
-        c = put64(c, x.released)
-        c = put64(c, x.uncharged)
-        c = put64(c, x.avail)
-        c = put64(c, x.purge_ns)
-        c = put8(c, x.result)
-        c = put8(c, x.late)
-        c = put8(c, x.has_orig)
+    c = put8(c, 0 if held and h.orig == NULL else 1)
+    if held and h.orig != NULL:
+        c = put64(c, h.orig.amount0)
+        c = put64(c, h.orig.expires0)
+        memset(c, 0, 6 * 8 + 2)     # commit_fp .. purge_ns, result, late: none yet
+        c += 6 * 8 + 2
+        c = put8(c, 1)
+    elif not held:
+        c = put64(c, h.orig.amount0 if h.orig != NULL else 0)
+        c = put64(c, h.orig.expires0 if h.orig != NULL else 0)
+        c = put64(c, h.commit_fp)
+        c = put64(c, h.u.d.charged)
+        c = put64(c, h.u.d.released)
+        c = put64(c, h.u.d.uncharged)
+        c = put64(c, h.u.d.avail)
+        c = put64(c, purge_q.a[h.qidx].t)
+        c = put8(c, settle_result(h.state))
+        c = put8(c, 1 if h.hflags & HF_LATE else 0)
+        c = put8(c, 1 if h.orig != NULL else 0)
     b.n += c - start
     return 0
 
@@ -230,9 +239,18 @@ cdef int put_delete(Buf* b, Rec* r) except -1:
     return 0
 
 
-cdef int put_rec(Buf* b, Rec* r) except -1:
+cdef inline uint8_t settle_result(uint8_t state) noexcept:
+    """The journal's `result` byte of a settled hold: what its stored result answers."""
+    if state == RES_COMMITTED:
+        return AUX_COMMIT
+    if state == RES_RELEASED:
+        return AUX_RELEASE
+    return AUX_NONE             # expired, not yet settled by a late commit or a release
+
+
+cdef int put_rec(Buf* b, Rec* r, Heap* purge_q) except -1:
     if r.kind == REC_HOLD:
-        return put_hold(b, <Hold*>r)
+        return put_hold(b, <Hold*>r, purge_q)
     return put_idem(b, <Idem*>r)
 
 
@@ -280,7 +298,7 @@ cdef bytes take_journal(Ledger L):
             if r.flags & RF_DEAD:
                 put_delete(b, r)
             else:
-                put_rec(b, r)
+                put_rec(b, r, &L.purge_q)
             count += 1
         c = buf_room(b, J_TRAILER)
         fl_put32(c, <int32_t>count)
@@ -391,7 +409,7 @@ cdef bytes snapshot(Ledger L):
             recs[i].key -= <uint64_t>lo
         order = sort_by_seq(recs, recs + n + 1, k)
         for i in range(k):
-            put_rec(&b, order[i].r)
+            put_rec(&b, order[i].r, &L.purge_q)
             count += 1
         c = buf_room(&b, J_TRAILER)
         fl_put32(c, <int32_t>count)

@@ -149,23 +149,23 @@ cdef int hold_add_mark(Hold* h, int64_t lot_seq, int64_t amount) except -1:
     """Add an earmark to the hold, merged into an existing one on the same lot."""
     cdef int i
     cdef Earmark* p
-    if h.mark0.lot_seq == 0:
-        h.mark0.lot_seq = lot_seq
-        h.mark0.amount = amount
+    if h.u.o.mark0.lot_seq == 0:
+        h.u.o.mark0.lot_seq = lot_seq
+        h.u.o.mark0.amount = amount
         return 0
-    if h.mark0.lot_seq == lot_seq:
-        h.mark0.amount += amount
+    if h.u.o.mark0.lot_seq == lot_seq:
+        h.u.o.mark0.amount += amount
         return 0
     for i in range(h.nmore):
-        if h.more[i].lot_seq == lot_seq:
-            h.more[i].amount += amount
+        if h.u.o.more[i].lot_seq == lot_seq:
+            h.u.o.more[i].amount += amount
             return 0
-    p = <Earmark*>PyMem_Realloc(h.more, (h.nmore + 1) * sizeof(Earmark))
+    p = <Earmark*>PyMem_Realloc(h.u.o.more, (h.nmore + 1) * sizeof(Earmark))
     if p == NULL:
         raise MemoryError()
-    h.more = p
-    h.more[h.nmore].lot_seq = lot_seq
-    h.more[h.nmore].amount = amount
+    h.u.o.more = p
+    h.u.o.more[h.nmore].lot_seq = lot_seq
+    h.u.o.more[h.nmore].amount = amount
     h.nmore += 1
     return 0
 
@@ -188,7 +188,7 @@ cdef int take_free(Account a, Hold* h, int64_t amount) except -1:
             hold_add_mark(h, l.seq, take)
             need -= take
     a.ovd_held += need
-    h.overdraft += need
+    h.u.o.overdraft += need
     return 0
 
 
@@ -219,7 +219,7 @@ cdef int64_t charge_free(Ledger L, Account a, int64_t amount) noexcept:
 
 
 cdef inline Earmark* hold_mark(Hold* h, int i) noexcept nogil:
-    return &h.mark0 if i == 0 else &h.more[i - 1]
+    return &h.u.o.mark0 if i == 0 else &h.u.o.more[i - 1]
 
 
 cdef int64_t free_earmarks(Ledger L, Account a, Hold* h, int64_t charge) noexcept:
@@ -232,7 +232,7 @@ cdef int64_t free_earmarks(Ledger L, Account a, Hold* h, int64_t charge) noexcep
     cdef int i, j, n
     cdef Earmark* m
     cdef Lot* l
-    n = (1 if h.mark0.lot_seq else 0) + h.nmore
+    n = (1 if h.u.o.mark0.lot_seq else 0) + h.nmore
     for i in range(n):
         m = hold_mark(h, i)
         amt = m.amount
@@ -250,17 +250,17 @@ cdef int64_t free_earmarks(Ledger L, Account a, Hold* h, int64_t charge) noexcep
             a.expired += rest
             l.remaining -= rest
         lot_drop_if_empty(a, j)
-    take = h.overdraft if h.overdraft < need else need
+    take = h.u.o.overdraft if h.u.o.overdraft < need else need
     need -= take
     a.debt += take
-    a.ovd_held -= h.overdraft
+    a.ovd_held -= h.u.o.overdraft
     a.held -= h.amount
-    h.mark0.lot_seq = 0
-    h.mark0.amount = 0
-    PyMem_Free(h.more)
-    h.more = NULL
+    h.u.o.mark0.lot_seq = 0
+    h.u.o.mark0.amount = 0
+    PyMem_Free(h.u.o.more)
+    h.u.o.more = NULL
     h.nmore = 0
-    h.overdraft = 0
+    h.u.o.overdraft = 0
     ratchet_ceiling(L, a)
     return charge - need
 

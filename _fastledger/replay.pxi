@@ -364,13 +364,11 @@ cdef Rec* replace_rec(Reader x, Account a, uint8_t kind, const char* rid, Py_ssi
         return rec_new_raw(L, a, kind, rid, n, hk, seq, fp)
     if kind == REC_HOLD:
         h = <Hold*>r
-        if h.hidx >= 0:
-            heap_remove_at(&L.holds_q, h.hidx)
-        if h.aux != NULL and h.aux.pidx >= 0:
-            heap_remove_at(&L.purge_q, h.aux.pidx)
+        if h.qidx >= 0:
+            heap_remove_at(&L.holds_q if h.state == RES_HELD else &L.purge_q, h.qidx)
         hold_clear_parts(h)
         memset((<char*>r) + sizeof(Rec), 0, sizeof(Hold) - sizeof(Rec))
-        h.hidx = -1
+        h.qidx = -1
     elif (<Idem*>r).pidx >= 0:
         heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
     elif r.seq == 0:
@@ -397,11 +395,14 @@ cdef int rd_hold(Reader x) except -1:
     cdef int64_t hflags = rd_range(r, 0, HF_UNBACKED | HF_AUTO, 1)
     cdef int64_t overdraft = rd_range(r, 0, AMOUNT_MAX, 8)
     cdef int nmarks = <int>rd_range(r, 0, LOTS_PER_ACCOUNT_MAX, 2)
+    if state != RES_HELD and (nmarks or overdraft):
+        raise ValueError("journal record has a settled hold with earmarks or overdraft")
     cdef int i, ntaken
     cdef bint apply = x.mode != R_CHECK
-    cdef int64_t lot_seq, amt
+    cdef int64_t lot_seq, amt, amount0, expires0, commit_fp, purge_ns = 0
+    cdef int64_t done[4]
+    cdef bint late = False, has_orig = False
     cdef Hold* h = NULL
-    cdef HoldAux* aux
     cdef const char* meta
     cdef dict taken = None
     if apply:
@@ -412,7 +413,8 @@ cdef int rd_hold(Reader x) except -1:
         h.state = <uint8_t>state
         h.on_expire = <uint8_t>on_expire
         h.hflags = <uint8_t>hflags
-        h.overdraft = overdraft
+        if state == RES_HELD:
+            h.u.o.overdraft = overdraft
     for i in range(nmarks):
         lot_seq = rd_range(r, 1, INT64_MAX, 8)
         amt = rd_range(r, 1, AMOUNT_MAX, 8)
@@ -431,33 +433,36 @@ cdef int rd_hold(Reader x) except -1:
     if not rd_range(r, 0, 1, 1):
         if state != RES_HELD:
             raise ValueError("journal record has a settled hold without its settlement")
-    elif apply:
-        aux = hold_aux(h)
-        aux.amount0 = rd64(r)
-        aux.expires0 = rd64(r)
-        aux.commit_fp = rd64(r)
-        aux.charged = rd64(r)
-        aux.released = rd64(r)
-        aux.uncharged = rd64(r)
-        aux.avail = rd64(r)
-        aux.purge_ns = rd64(r)
-        aux.result = <uint8_t>rd_range(r, AUX_NONE, AUX_RELEASE, 1)
-        aux.late = <uint8_t>rd_range(r, 0, 1, 1)
-        aux.has_orig = <uint8_t>rd_range(r, 0, 1, 1)
     else:
-        need(r, 8 * 8)
-        r.p += 8 * 8
+        # The settlement block (see put_hold): the stored `result` byte follows from the state.
+        amount0 = rd64(r)
+        expires0 = rd64(r)
+        commit_fp = rd64(r)
+        for i in range(4):
+            done[i] = rd64(r)
+        purge_ns = rd64(r)
         rd_range(r, AUX_NONE, AUX_RELEASE, 1)
-        rd_range(r, 0, 1, 1)
-        rd_range(r, 0, 1, 1)
+        late = rd_range(r, 0, 1, 1)
+        has_orig = rd_range(r, 0, 1, 1)
     if not apply:
         return 0
+    if has_orig:
+        hold_orig(h)
+        h.orig.amount0 = amount0
+        h.orig.expires0 = expires0
     if mlen or taken is not None:
         hold_set_extra(h, PyBytes_FromStringAndSize(meta, mlen), taken)
     if state == RES_HELD:
         heap_push(&L.holds_q, expires, seq, h)
     else:
-        heap_push(&L.purge_q, h.aux.purge_ns, seq, h)
+        h.commit_fp = commit_fp
+        h.u.d.charged = done[0]
+        h.u.d.released = done[1]
+        h.u.d.uncharged = done[2]
+        h.u.d.avail = done[3]
+        if late:
+            h.hflags |= HF_LATE
+        heap_push(&L.purge_q, purge_ns, seq, h)
     return 0
 
 

@@ -177,7 +177,7 @@ cdef Rec* rec_new_raw(Ledger L, Account a, uint8_t kind, const char* rid, Py_ssi
     r.seq = seq
     r.fp = fp
     if kind == REC_HOLD:
-        (<Hold*>r).hidx = -1
+        (<Hold*>r).qidx = -1
     else:
         (<Idem*>r).pidx = -1
     try:
@@ -196,13 +196,14 @@ cdef inline void hold_set_extra(Hold* h, object meta, object taken) noexcept:
 
 
 cdef void hold_clear_parts(Hold* h) noexcept:
-    PyMem_Free(h.more)
-    h.more = NULL
-    h.nmore = 0
+    if h.state == RES_HELD:     # else u is a HoldDone, not earmarks
+        PyMem_Free(h.u.o.more)
+        h.u.o.more = NULL
+        h.nmore = 0
     Py_XDECREF(h.extra)
     h.extra = NULL
-    PyMem_Free(h.aux)
-    h.aux = NULL
+    PyMem_Free(h.orig)
+    h.orig = NULL
 
 
 cdef void rec_free(Rec* r) noexcept:
@@ -225,10 +226,8 @@ cdef void rec_detach(Ledger L, Rec* r) noexcept:
     table_remove(&L.recs, r)
     if r.kind == REC_HOLD:
         h = <Hold*>r
-        if h.hidx >= 0:
-            heap_remove_at(&L.holds_q, h.hidx)
-        if h.aux != NULL and h.aux.pidx >= 0:
-            heap_remove_at(&L.purge_q, h.aux.pidx)
+        if h.qidx >= 0:
+            heap_remove_at(&L.holds_q if h.state == RES_HELD else &L.purge_q, h.qidx)
     elif (<Idem*>r).pidx >= 0:
         heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
 

@@ -375,6 +375,7 @@ cdef enum:
 
     HF_UNBACKED = 1
     HF_AUTO = 2
+    HF_LATE = 4                 # in memory only: the journal has the settlement's `late` byte
 
     AUX_NONE = 0
     AUX_COMMIT = 1
