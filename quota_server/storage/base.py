@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import threading
 import zlib
 from collections.abc import AsyncIterator
 from types import TracebackType
+
+import zstandard
 
 # Limits (STYLE: put a limit on everything, in one place).
 LIST_LIMIT_MAX = 10_000
@@ -96,23 +99,44 @@ class EventRow:
     payload: bytes
 
 
-CODEC_RAW, CODEC_ZLIB = 0, 1
+CODEC_RAW, CODEC_ZLIB, CODEC_ZSTD = 0, 1, 2
+"""How a stored blob is encoded: as written, zlib (what servers wrote until 2026-11-27; still
+read), or zstd (what pack_blob writes now)."""
 COMPRESS_MIN_BYTES = 1_024
-"""Blobs from this size on are stored zlib-compressed (level 1). Journal records and usage
-chunks of large flushes shrink about 10x and 50x, snapshots about 10x: what costs most on a
+"""Blobs from this size on are stored compressed (zstd level 1). Journal records and usage
+chunks of large flushes shrink about 20x and 50x, snapshots about 10x: what costs most on a
 busy server is moving bytes (SQLite: the disk's bandwidth, every byte written to the WAL,
-fsynced, then copied by a checkpoint; Redis: the socket, the AOF and Redis' memory), not the
-CPU that compression takes. Backends compress off the event loop where it matters (zlib
-releases the GIL)."""
+fsynced, then copied by a checkpoint; Redis: the socket, the AOF and Redis' memory). zstd
+level 1 compresses a Batch(1000)'s journal record at 1.4-2.3 GB/s on the benchmark machine,
+2-3.5x faster than zlib level 1 (which it replaced), into 15-30 % fewer bytes, and releases the
+GIL, so backends may compress off the event loop."""
 COMPRESS_LEVEL = 1
+
+_zstd = threading.local()
+"""Per-thread zstd contexts: one context must not be used by two threads at once, and blobs are
+packed on the event loop, the SQLite writer thread and snapshot threads."""
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_zstd, "c", None)
+    if c is None:
+        c = _zstd.c = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)  # frames carry their size
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_zstd, "d", None)
+    if d is None:
+        d = _zstd.d = zstandard.ZstdDecompressor()
+    return d
 
 
 def pack_blob(data: bytes) -> tuple[bytes, int]:
     """(stored bytes, codec) for `data`: compressed when that pays, else `data` itself."""
     if len(data) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(data, COMPRESS_LEVEL)
+        packed = _compressor().compress(data)
         if len(packed) < len(data):
-            return packed, CODEC_ZLIB
+            return packed, CODEC_ZSTD
     return data, CODEC_RAW
 
 
@@ -120,6 +144,11 @@ def unpack_blob(data: bytes, codec: int, what: str) -> bytes:
     """The bytes `pack_blob` was given; StorageError if they do not decompress."""
     if codec == CODEC_RAW:
         return bytes(data)
+    if codec == CODEC_ZSTD:
+        try:
+            return _decompressor().decompress(data)
+        except zstandard.ZstdError as exc:
+            raise StorageError(f"damaged {what}: {exc}") from None
     if codec == CODEC_ZLIB:
         try:
             return zlib.decompress(data)

@@ -48,6 +48,7 @@ from .base import (
     check_ttl,
     CODEC_RAW,
     CODEC_ZLIB,
+    CODEC_ZSTD,
     pack_blob,
     unpack_blob,
     unpack_payloads,
@@ -64,10 +65,12 @@ background checkpoint racing a busy writer never quite does; so once the WAL is 
 writer runs a RESTART checkpoint itself, which has little left to copy (the background ones did
 the rest). The WAL file is kept at this size (journal_size_limit), reused rather than regrown."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: one ``usage`` row per usage record. 2: ``usage_chunk``, one row per (account, at_ms) of a
 flush holding all of its records (``base.group_usage``), and blobs zlib-compressed (``codec``);
-a version-1 file is migrated at open."""
+a version-1 file is migrated at open. 3: blobs may also be zstd-compressed (``codec`` 2; the
+tables are those of 2, so a version-2 file is only marked 3 at open, and an older server then
+refuses it instead of misreading a blob)."""
 
 BUSY_TIMEOUT_MS_DEFAULT = 5_000
 
@@ -85,7 +88,7 @@ INSERT OR IGNORE INTO meta (id, owner, epoch, expires_at_ms, last_seq, last_even
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
     record BLOB NOT NULL,
-    codec INTEGER NOT NULL DEFAULT 0       -- 0: as written, 1: zlib (base.pack_blob)
+    codec INTEGER NOT NULL DEFAULT 0       -- 0: as written, 1: zlib, 2: zstd (base.pack_blob)
 );
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1),

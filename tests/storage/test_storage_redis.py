@@ -225,22 +225,43 @@ async def test_append_script_refuses_a_damaged_usage_chunk_before_writing(opened
     assert [r.payload for r in (await store.list_usage("x", 0, 0, 10, None))[0]] == [b"abc", b"short"]
 
 
-async def test_format_1_data_is_read_and_marked_format_2(opened) -> None:
+async def test_format_1_data_is_read_and_marked_current(opened) -> None:
     """Data written before compression (format 1: records and snapshot as they are, no codec)
-    loads unchanged; opening it marks the data format 2, so an older server refuses it from
-    then on rather than misread a compressed record."""
+    loads unchanged; opening it marks the data with the current format (3), so an older server
+    refuses it from then on rather than misread a compressed record."""
     store = await opened()
     client = store.client
     await client.hset(store.k_meta, mapping={"format": 1, "snapshot_seq": 1, "last_seq": 2})
     await client.set(store.k_snapshot, b"old snapshot " * 200)
     await client.xadd(store.k_journal, {"record": b"old record " * 200}, id="2-0")
     again = await opened()
-    assert int(await client.hget(store.k_meta, "format")) == 2
+    assert int(await client.hget(store.k_meta, "format")) == 3
     assert await again.load() == Recovered(b"old snapshot " * 200, 1, [(2, b"old record " * 200)])
 
 
+async def test_format_2_zlib_data_is_read_and_marked_format_3(opened) -> None:
+    """Format 2 compressed with zlib (codec 1): its snapshot and records load exactly, the data is
+    marked 3, and new records are zstd (codec 2) beside the old ones."""
+    import zlib
+
+    store = await opened()
+    client = store.client
+    snapshot, record = b"old snapshot " * 300, b"old record " * 300
+    await client.hset(store.k_meta, mapping={"format": 2, "snapshot_seq": 1, "last_seq": 2, "snapshot_codec": 1})
+    await client.set(store.k_snapshot, zlib.compress(snapshot))
+    await client.xadd(store.k_journal, {"record": zlib.compress(record), "codec": 1}, id="2-0")
+    again = await opened()
+    assert int(await client.hget(store.k_meta, "format")) == 3
+    assert await again.load() == Recovered(snapshot, 1, [(2, record)])
+    epoch = await again.acquire_lease("b", TTL_MS * 10)
+    await again.append(epoch, 3, record * 300, [], [])
+    assert (await again.load()).records == [(2, record), (3, record * 300)]
+    codecs = [fields.get(b"codec") for _, fields in await client.xrange(store.k_journal)]
+    assert codecs == [b"1", b"2"]
+
+
 async def test_big_records_and_snapshots_are_stored_compressed(opened) -> None:
-    """A journal record or snapshot from COMPRESS_MIN_BYTES on is stored zlib-compressed with
+    """A journal record or snapshot from PACK_MIN_BYTES on is stored zstd-compressed with
     its codec beside it (what outside readers of the journal stream need to decode it)."""
     store = await opened()
     epoch = await store.acquire_lease("a", TTL_MS * 10)
@@ -248,9 +269,9 @@ async def test_big_records_and_snapshots_are_stored_compressed(opened) -> None:
     await store.append(epoch, 1, record, [], [])
     await store.append(epoch, 2, b"small", [], [])
     (_, first), (_, second) = await store.client.xrange(store.k_journal)
-    assert first[b"codec"] == b"1" and len(first[b"record"]) < len(record) // 10
+    assert first[b"codec"] == b"2" and len(first[b"record"]) < len(record) // 10
     assert b"codec" not in second and second[b"record"] == b"small"
     await store.write_snapshot(epoch, 2, record * 10)
-    assert int(await store.client.hget(store.k_meta, "snapshot_codec")) == 1
+    assert int(await store.client.hget(store.k_meta, "snapshot_codec")) == 2
     assert len(await store.client.get(store.k_snapshot)) < len(record)
     assert await store.load() == Recovered(record * 10, 2, [])

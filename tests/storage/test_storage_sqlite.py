@@ -238,7 +238,7 @@ async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: P
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'usage'").fetchone()[0] == 0
         # the new chunk got an id after the migrated ones (AUTOINCREMENT kept its high-water mark)
         assert conn.execute("SELECT max(id) FROM usage_chunk").fetchone()[0] == 6
@@ -246,8 +246,8 @@ async def test_schema_1_usage_rows_are_migrated_and_old_cursors_still_page(db: P
 
 
 async def test_large_blobs_are_stored_compressed_and_read_back_exactly(db: Path) -> None:
-    """Records, usage chunks and snapshots from COMPRESS_MIN_BYTES on are stored zlib-compressed
-    (codec 1), small ones as they are (codec 0); what load() and list_usage return is the same
+    """Records, usage chunks and snapshots from COMPRESS_MIN_BYTES on are stored zstd-compressed
+    (codec 2), small ones as they are (codec 0); what load() and list_usage return is the same
     bytes either way, and the retry of a compressed append is still recognised as a duplicate."""
     from quota_server.storage import sqlite as sq
 
@@ -271,9 +271,47 @@ async def test_large_blobs_are_stored_compressed_and_read_back_exactly(db: Path)
         await store.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] == 0  # trimmed by the snapshot
-        assert conn.execute("SELECT codec, length(blob) < ? FROM snapshot", (len(snapshot),)).fetchone() == (1, 1)
+        assert conn.execute("SELECT codec, length(blob) < ? FROM snapshot", (len(snapshot),)).fetchone() == (2, 1)
         codecs = conn.execute("SELECT n, codec FROM usage_chunk ORDER BY id").fetchall()
-        assert codecs == [(100, sq.CODEC_ZLIB), (1, sq.CODEC_RAW)]
+        assert codecs == [(100, sq.CODEC_ZSTD), (1, sq.CODEC_RAW)]
+    conn.close()
+
+
+async def test_zlib_blobs_of_schema_2_are_still_read(db: Path) -> None:
+    """Servers before schema 3 compressed with zlib (codec 1): such a file opens (marked 3), its
+    snapshot, records and usage chunks read back exactly, and new writes use zstd beside them."""
+    import zlib
+
+    from quota_server.storage import sqlite as sq
+    from quota_server.storage.base import pack_payloads
+
+    store = SqliteStorage(str(db))
+    await store.open()
+    await store.close()
+    snapshot, record = b"old snapshot " * 300, b"old record " * 300
+    payloads = [b'{"reservation_id":"r%d"}' % i for i in range(50)]
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version=2")
+        conn.execute("UPDATE meta SET last_seq = 2")
+        conn.execute("INSERT INTO snapshot (seq, blob, codec) VALUES (1, ?, 1)", (zlib.compress(snapshot),))
+        conn.execute("INSERT INTO journal (seq, record, codec) VALUES (2, ?, 1)", (zlib.compress(record),))
+        conn.execute("INSERT INTO usage_chunk (account_id, at_ms, n, payloads, codec) VALUES ('a', 5, 50, ?, 1)",
+                     (zlib.compress(pack_payloads(payloads)),))
+    conn.close()
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        assert await store.load() == Recovered(snapshot, 1, [(2, record)])
+        assert [r.payload async for r in store.iter_usage("a", 0, 0)] == payloads
+        epoch = await store.acquire_lease("me", 30_000)
+        await store.append(epoch, 3, record * 2, [], [])
+        assert (await store.load()).records == [(2, record), (3, record * 2)]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT seq, codec FROM journal ORDER BY seq").fetchall() == [
+            (2, sq.CODEC_ZLIB), (3, sq.CODEC_ZSTD)]
     conn.close()
 
 
