@@ -1,8 +1,9 @@
-"""Memory of the core: bytes per account (one lot) and per open hold.
+"""Memory of the core: bytes per account (one lot), per open hold and per settled hold.
 
 Builds N accounts (default 1,000,000), each with one grant (so one lot and one grant
-idempotency record), then purges the grant records (time passes beyond retention), then opens
-one hold per account. Every apply is followed by take_journal, as in the engine. Reports the
+idempotency record), then opens one hold per account, then commits every hold (a settled
+hold stays for the idempotency retention, so that a retried commit gets its original result:
+what a busy server accumulates). Every apply is followed by take_journal, as in the engine. Reports the
 growth of traced Python memory (tracemalloc: every PyMem/PyObject allocation, which is all the
 core uses; the ids are counted, the benchmark's own op tuples are not kept) and of RSS.
 
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
                                  600 * SECOND, C.EXPIRE_RELEASE, True, (), b""), n, now)
     hold = holds.delta()
     assert led.stats()["open_holds"] == n
+    apply_chunks(led, lambda i: (C.OP_COMMIT, acct(i), f"res-{i:07d}", 1, 7, ()), n, now)
+    settled = holds.delta()
+    assert led.stats()["open_holds"] == 0 and led.stats()["records"] == 2 * n
     led.check_invariants()
     del led
 
@@ -104,6 +108,7 @@ def main(argv=None) -> int:
         ("account + one lot (and its grant record: same lifetime)", with_lot),
         ("grant idempotency record alone (a grant with no lot)", record),
         ("open hold (one per account)", hold),
+        ("settled hold (committed, kept for the retention)", settled),
     ]
     for what, (traced, rss) in rows:
         traced_text = f"{traced / n:>7.0f}" if traced is not None else f"{'-':>7}"
