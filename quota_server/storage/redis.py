@@ -19,7 +19,8 @@ Keys (P = ``<key_prefix>{<hash_tag>}:``):
 - ``P snapshot`` string: the latest snapshot blob (its seq is ``meta.snapshot_seq``).
 - ``P usage:<account_id>``  STREAM per account; one entry per flush that recorded usage for it:
   fields at_ms and payload (one usage record), or at_ms, n and payloads (n records, each as a
-  4-byte little-endian length then its bytes: ``base.pack_payloads``). Entry ids are
+  4-byte little-endian length then its bytes: ``base.pack_payloads``), with field codec 2 when
+  those packed payloads are zstd-compressed (from PACK_MIN_BYTES on: a Batch's commits). Entry ids are
   ``<at_ms>-*`` so a time window maps to an id range; when an account's at_ms goes backwards
   (wall clock stepped back) the id keeps the highest at_ms seen (``P usage_top``) and
   ``meta.usage_lag_ms`` records by how much, which widens the upper bound of later scans.
@@ -127,11 +128,12 @@ return 1
 _APPEND = """
 -- KEYS: holder, meta, journal, events, usage_top, usage streams (one per account)...
 -- ARGV: epoch, seq, record (as stored), record codec (base.pack_blob), n_chunks, n_events,
---       n_chunks x (key index, account_id, at_ms, n rows, payloads packed by pack_payloads),
+--       n_chunks x (key index, account_id, at_ms, n rows, payloads packed by pack_payloads,
+--                   their codec: 0 as they are, else compressed by base.pack_blob),
 --       n_events x (event_id, account_id, type, at_ms, payload)
 -- A flush's usage rows of one account (one at_ms) are one entry of the account's stream: a
--- single row as field payload, several as fields n and payloads (pack_payloads). The lengths
--- are checked before the first write. One XADD per account per flush, not per row.
+-- single row as field payload, several as fields n and payloads (pack_payloads; and codec when
+-- compressed). The lengths of uncompressed payloads are checked before the first write. One XADD per account per flush, not per row.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then
   return {'FENCED', epoch or ''}
@@ -154,11 +156,11 @@ if seq ~= last + 1 then
 end
 local n_chunks = tonumber(ARGV[5])
 local n_events = tonumber(ARGV[6])
-local ev_base = 7 + 5 * n_chunks
+local ev_base = 7 + 6 * n_chunks
 for i = 0, n_chunks - 1 do
-  local b = 7 + 5 * i
+  local b = 7 + 6 * i
   local n, blob = tonumber(ARGV[b + 3]), ARGV[b + 4]
-  if n > 1 then
+  if n > 1 and ARGV[b + 5] == '0' then
     local pos = 1
     for r = 1, n do
       if pos + 3 > #blob then
@@ -187,7 +189,7 @@ end
 local top_raw, top, acct = {}, {}, {}
 local lag = 0
 for i = 0, n_chunks - 1 do
-  local b = 7 + 5 * i
+  local b = 7 + 6 * i
   local k = tonumber(ARGV[b])
   if top[k] == nil then
     acct[k] = ARGV[b + 1]
@@ -215,9 +217,12 @@ for i = 0, n_chunks - 1 do
   end
   if ARGV[b + 3] == '1' then
     redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'payload', ARGV[b + 4])
-  else
+  elseif ARGV[b + 5] == '0' then
     redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'n', ARGV[b + 3],
                'payloads', ARGV[b + 4])
+  else
+    redis.call('XADD', KEYS[k], top_raw[k] .. '-*', 'at_ms', ARGV[b + 2], 'n', ARGV[b + 3],
+               'payloads', ARGV[b + 4], 'codec', ARGV[b + 5])
   end
 end
 for k, raw in pairs(top_raw) do
@@ -265,6 +270,16 @@ async def _pack(data: bytes) -> tuple[bytes, int]:
     if len(data) >= PACK_MIN_BYTES:
         return pack_blob(data)
     return data, CODEC_RAW
+
+
+def usage_entry_payloads(fields: dict[bytes, bytes]) -> list[bytes]:
+    """The usage records (JSON payloads) of one entry of a ``usage:<account_id>`` stream, as an
+    outside consumer reads it: field ``payload`` (one record), or ``n`` and ``payloads``
+    (base.pack_payloads), zstd-compressed when field ``codec`` is 2 (base.pack_blob)."""
+    if b"payloads" not in fields:
+        return [fields[b"payload"]]
+    packed = unpack_blob(fields[b"payloads"], int(fields.get(b"codec", 0)), "usage entry")
+    return unpack_payloads(packed, int(fields[b"n"]))
 
 
 async def _unpack(data: bytes, codec: int, what: str) -> bytes:
@@ -519,7 +534,10 @@ class RedisStorage(Storage):
             if index is None:
                 keys.append(self.usage_key(account_id))
                 index = key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
-            args += (index, account_id, at_ms, n, payloads)
+            codec = CODEC_RAW
+            if n > 1 and len(payloads) >= PACK_MIN_BYTES:
+                payloads, codec = pack_blob(payloads)
+            args += (index, account_id, at_ms, n, payloads, codec)
         for ev in events:
             args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
         reply = await self._eval(_SCRIPTS["append"], keys, args)
@@ -611,10 +629,7 @@ class RedisStorage(Storage):
                 at_ms = int(fields[b"at_ms"])
                 if not (at_ms >= from_ms and (not to_ms or at_ms < to_ms)):
                     continue
-                if b"payloads" not in fields:
-                    found.append((entry_id.decode(), UsageRow(account_id, at_ms, fields[b"payload"])))
-                    continue
-                payloads = unpack_payloads(fields[b"payloads"], int(fields[b"n"]))
+                payloads = usage_entry_payloads(fields)
                 first = resume[1] if resume is not None and resume[0] == entry_id else 0
                 name = entry_id.decode()
                 for index in range(first, len(payloads)):

@@ -18,8 +18,7 @@ import redis.asyncio as aioredis
 
 import _fastledger
 from _fastledger import codes as C
-from quota_server.storage.base import unpack_payloads
-from quota_server.storage.redis import RedisStorage
+from quota_server.storage.redis import RedisStorage, usage_entry_payloads
 
 from .workload import ACCOUNTS, CHARGE, Book
 
@@ -58,9 +57,7 @@ async def persisted(url: str) -> Persisted:
             entries = await client.xrange(storage.usage_key(account), "-", "+")
             usage[account] = []
             for _, fields in entries:  # one record (payload) or several (n, payloads) per entry
-                payloads = ([fields[b"payload"]] if b"payload" in fields
-                            else unpack_payloads(fields[b"payloads"], int(fields[b"n"])))
-                for raw in payloads:
+                for raw in usage_entry_payloads(fields):
                     payload = json.loads(raw)
                     usage[account].append(payload["charge_id"] or payload["reservation_id"])
         return Persisted(ledger, recovered.snapshot_seq, recovered.last_seq, len(recovered.records), usage)

@@ -12,8 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from quota_client import NO_RETRY, AsyncQuotaClient
 
-from quota_server.storage.base import unpack_payloads
-from quota_server.storage.redis import RedisStorage
+from quota_server.storage.redis import RedisStorage, usage_entry_payloads
 from tests.storage.redis_proc import RedisProcess
 from tests.support.config import config_data, to_toml
 from tests.support.subproc import free_port, server_command
@@ -88,8 +87,7 @@ async def read_group(client: aioredis.Redis, key: str) -> list[tuple[bytes, dict
 def usage_ids(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[str]:
     out = []
     for _, fields in entries:  # one record (payload) or several (n, payloads) per entry
-        payloads = [fields[b"payload"]] if b"payload" in fields else unpack_payloads(fields[b"payloads"], int(fields[b"n"]))
-        for raw in payloads:
+        for raw in usage_entry_payloads(fields):
             payload = json.loads(raw)
             out.append(payload["charge_id"] or payload["reservation_id"])
     return out

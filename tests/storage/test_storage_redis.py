@@ -215,14 +215,42 @@ async def test_append_script_refuses_a_damaged_usage_chunk_before_writing(opened
     epoch = await store.acquire_lease("a", TTL_MS * 10)
     keys = [store.k_holder, store.k_meta, store.k_journal, store.k_events, store.k_usage_top, store.usage_key("x")]
     damaged = (3).to_bytes(4, "little") + b"abc" + (9).to_bytes(4, "little") + b"short"
-    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, damaged])
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, damaged, 0])
     assert reply[0] == b"BADCHUNK"
     assert await store.load() == Recovered(None, 0, [])
     assert await store.list_usage("x", 0, 0, 10, None) == ([], None)
     good = (3).to_bytes(4, "little") + b"abc" + (5).to_bytes(4, "little") + b"short"
-    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, good])
+    reply = await store._eval(_SCRIPTS["append"], keys, [epoch, 1, b"rec", 0, 1, 0, 6, "x", T0, 2, good, 0])
     assert reply[0] == b"OK"
     assert [r.payload for r in (await store.list_usage("x", 0, 0, 10, None))[0]] == [b"abc", b"short"]
+
+
+async def test_a_large_usage_chunk_is_stored_compressed_and_read_back_exactly(opened) -> None:
+    """A flush's usage chunk from PACK_MIN_BYTES on is one stream entry with field codec 2
+    (zstd); list_usage (also paging inside it) and an outside reader (usage_entry_payloads)
+    get the same rows as written; a small chunk stays as it is."""
+    from quota_server.storage.redis import PACK_MIN_BYTES, usage_entry_payloads
+
+    store = await opened()
+    epoch = await store.acquire_lease("a", TTL_MS * 10)
+    rows = [UsageRow("big", T0, b'{"reservation_id":"r%05d","amount_charged":1}' % i) for i in range(2000)]
+    assert sum(len(r.payload) + 4 for r in rows) >= PACK_MIN_BYTES
+    small = [UsageRow("big", T0 + 1, b'{"reservation_id":"s%d"}' % i) for i in range(3)]
+    await store.append(epoch, 1, b"rec1", rows, [])
+    await store.append(epoch, 2, b"rec2", small, [])
+    (_, first), (_, second) = await store.client.xrange(store.usage_key("big"))
+    assert first[b"codec"] == b"2" and int(first[b"n"]) == 2000
+    assert len(first[b"payloads"]) < sum(len(r.payload) for r in rows) // 10
+    assert b"codec" not in second
+    assert usage_entry_payloads(first) == [r.payload for r in rows]
+    assert usage_entry_payloads(second) == [r.payload for r in small]
+    got, cursor = [], None
+    while True:
+        page, cursor = await store.list_usage("big", 0, 0, 700, cursor)
+        got += page
+        if cursor is None:
+            break
+    assert got == rows + small
 
 
 async def test_format_1_data_is_read_and_marked_current(opened) -> None:
