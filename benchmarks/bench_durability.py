@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-callers", type=int, default=4, help="batch callers in total")
     parser.add_argument("--batch-size", type=int, default=1000, help="ops per Batch call")
     parser.add_argument("--workloads", default="unary,batch", help="comma-separated subset of unary,batch")
+    parser.add_argument("--ids", choices=["sequential", "random"], default="sequential",
+                        help="reservation ids: a counter (default), or 32 random hex digits (UUID-like)")
     parser.add_argument("--redis-appendfsync", default="everysec", choices=["always", "everysec", "no"])
     parser.add_argument("--json-out", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args(argv)

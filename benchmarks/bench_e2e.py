@@ -298,15 +298,21 @@ class BatchEncoder:
     """Cheap wire bytes of the benchmark's batches: every id of a batch has the same length, so
     every op is the same head + id + tail and a whole batch is one bytes.join."""
 
-    def __init__(self, account_id: str, prefix: str, size: int, amount: int = 1) -> None:
+    def __init__(self, account_id: str, prefix: str, size: int, amount: int = 1,
+                 random_ids: bool = False) -> None:
         self.account = _field(1, account_id.encode())
         self.amount = _varint(3 << 3 | 0) + _varint(amount)
         self.prefix = prefix.encode()
+        self.size = size
+        self.random_ids = random_ids
         width = len(str(size - 1))
         self.suffixes = [b".%0*d" % (width, i) for i in range(size)]
         self.heads: dict[tuple[int, int], bytes] = {}
 
     def ids(self, n: int) -> list[bytes]:
+        if self.random_ids:  # 128 random bits as 32 hex digits each, like a UUID's
+            digits = os.urandom(16 * self.size).hex().encode()
+            return [self.prefix + b"." + digits[i:i + 32] for i in range(0, 32 * self.size, 32)]
         base = self.prefix + b".%09d" % n
         return [base + suffix for suffix in self.suffixes]
 
@@ -366,12 +372,12 @@ class Windows:
 
 
 async def _unary_caller(stub, pb, account: str, prefix: str, end: float, win: Windows, tally: dict,
-                        check: bool) -> None:
+                        check: bool, random_ids: bool) -> None:
     import grpc
 
     n = 0
     while time.monotonic() < end:
-        rid = f"{prefix}.{n}"
+        rid = f"{prefix}.{os.urandom(16).hex()}" if random_ids else f"{prefix}.{n}"
         n += 1
         try:
             t0 = time.monotonic()
@@ -395,12 +401,12 @@ async def _unary_caller(stub, pb, account: str, prefix: str, end: float, win: Wi
 
 
 async def _batch_caller(channel, pb, account: str, prefix: str, size: int, end: float, win: Windows,
-                        tally: dict, check: bool, check_every: int) -> None:
+                        tally: dict, check: bool, check_every: int, random_ids: bool) -> None:
     import grpc
 
     call = channel.unary_unary("/quota.v1.QuotaService/Batch", request_serializer=None,
                                response_deserializer=pb.BatchResponse.FromString)
-    encoder = BatchEncoder(account, prefix, size)
+    encoder = BatchEncoder(account, prefix, size, random_ids=random_ids)
     n = 0
     while time.monotonic() < end:
         ids = encoder.ids(n)
@@ -459,10 +465,11 @@ def client_process(spec: dict, ready, go, start_at, queue) -> None:
             for caller, account in enumerate(spec["accounts"]):
                 prefix = f"{spec.get('tag', '')}{spec['workload'][0]}{spec['proc']}.{caller}"
                 if spec["workload"] == "unary":
-                    tasks.append(_unary_caller(stub, pb, account, prefix, end, win, tally, spec["check"]))
+                    tasks.append(_unary_caller(stub, pb, account, prefix, end, win, tally, spec["check"],
+                                               spec["random_ids"]))
                 else:
                     tasks.append(_batch_caller(channel, pb, account, prefix, spec["batch_size"], end, win, tally,
-                                               spec["check"], spec.get("check_every", 1)))
+                                               spec["check"], spec.get("check_every", 1), spec["random_ids"]))
             cpu_at: list[float] = []
 
             async def cpu_marks() -> None:
@@ -529,6 +536,7 @@ def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: 
             "target": target.listen, "workload": workload, "proc": proc_index, "accounts": proc_accounts,
             "batch_size": args.batch_size, "warmup": args.warmup, "seconds": args.seconds, "runs": args.runs,
             "check": not target.is_floor, "check_every": getattr(args, "check_every", 1), "tag": tag,
+            "random_ids": getattr(args, "ids", "sequential") == "random",
         }
         p = ctx.Process(target=client_process, args=(spec, ready, go, start_at, queue), daemon=True)
         p.start()
@@ -745,7 +753,8 @@ def machine_lines(args: argparse.Namespace, server_cmd: list[str], targets: list
         f"{loop} (server and clients); {core}",
         f"server: {' '.join(server_cmd)}; " + "; ".join(f"{t.name} = {t.describe()}" for t in targets),
         f"clients: {args.client_procs} processes; unary: {args.callers} callers in total; "
-        f"batch: {args.batch_callers} callers in total, Batch size {args.batch_size}",
+        f"batch: {args.batch_callers} callers in total, Batch size {args.batch_size}; "
+        f"reservation ids: {getattr(args, 'ids', 'sequential')}",
         measurement or (f"measurement: {args.warmup:g} s warm-up, then median of {args.runs} consecutive "
                         f"windows of {args.seconds:g} s per target and workload"),
         f"1-minute load average before / after the run: {load_before} / {load_average()} "
@@ -801,6 +810,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-every", type=int, default=4,
                         help="check every result of one Batch in N per caller (all: 1); result counts always")
     parser.add_argument("--workloads", default="unary,batch", help="comma-separated subset of unary,batch")
+    parser.add_argument("--ids", choices=["sequential", "random"], default="sequential",
+                        help="reservation ids: a counter (default), or 32 random hex digits (UUID-like: "
+                             "what compression of stored records and usage sees in production)")
     parser.add_argument("--memory", action="store_true", help="also the server on memory:// (if it has it)")
     parser.add_argument("--redis", action="store_true", help="also the server on a throwaway redis-server")
     parser.add_argument("--redis-appendfsync", default="always", choices=["always", "everysec", "no"])
