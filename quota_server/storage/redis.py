@@ -80,11 +80,10 @@ FORMAT_VERSION = 3
 may be zlib-compressed (base.pack_blob). 3: they may be zstd-compressed. Opening older data marks
 it 3, so that an older server refuses it from then on instead of misreading a record."""
 PACK_MIN_BYTES = 64 * 1024
-"""Blobs from this size on are stored compressed; smaller ones (the records of small flushes) as
-they are: compressing them would cost the event loop more CPU than it saves Redis."""
-OFFLOAD_BYTES = 1024 * 1024
-"""Blobs from this size on (snapshots) are compressed on a worker thread; smaller ones on the
-event loop, where zstd takes well under a millisecond and saves a thread hand-off."""
+"""Blobs from this size on (a large flush's record and usage chunks, snapshots) are stored
+compressed, on a worker thread, one hand-off per flush: the event loop is what limits a busy
+server, and zstd runs without the GIL. Smaller ones (the records of small flushes) are stored as
+they are: compressing them would cost more than it saves Redis."""
 
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 _CURSOR = re.compile(r"(\d+)-(\d+)(?::(\d+))?")
@@ -264,12 +263,25 @@ return {'OK'}
 
 
 async def _pack(data: bytes) -> tuple[bytes, int]:
-    """pack_blob, on a worker thread for a very large blob; a small one is stored as it is."""
-    if len(data) >= OFFLOAD_BYTES:
-        return await asyncio.to_thread(pack_blob, data)
+    """pack_blob on a worker thread for a large blob; a small one is stored as it is."""
     if len(data) >= PACK_MIN_BYTES:
-        return pack_blob(data)
+        return await asyncio.to_thread(pack_blob, data)
     return data, CODEC_RAW
+
+
+def _pack_flush(record: bytes, chunks: list[UsageChunk]) -> tuple[tuple[bytes, int], list[tuple[bytes, int]]]:
+    """(record, codec) and (payloads, codec) per usage chunk as append stores them: compressed
+    from PACK_MIN_BYTES on (a chunk of one row never: its payload is a stream field as it is)."""
+    def one(data: bytes, may: bool) -> tuple[bytes, int]:
+        return pack_blob(data) if may and len(data) >= PACK_MIN_BYTES else (data, CODEC_RAW)
+
+    return one(record, True), [one(payloads, n > 1) for _, _, n, payloads in chunks]
+
+
+async def _pack_flush_async(record: bytes, chunks: list[UsageChunk]) -> tuple[tuple[bytes, int], list[tuple[bytes, int]]]:
+    if len(record) >= PACK_MIN_BYTES or any(n > 1 and len(p) >= PACK_MIN_BYTES for _, _, n, p in chunks):
+        return await asyncio.to_thread(_pack_flush, record, chunks)
+    return (record, CODEC_RAW), [(p, CODEC_RAW) for _, _, _, p in chunks]
 
 
 def usage_entry_payloads(fields: dict[bytes, bytes]) -> list[bytes]:
@@ -283,7 +295,7 @@ def usage_entry_payloads(fields: dict[bytes, bytes]) -> list[bytes]:
 
 
 async def _unpack(data: bytes, codec: int, what: str) -> bytes:
-    if codec and len(data) >= OFFLOAD_BYTES // 8:
+    if codec and len(data) >= PACK_MIN_BYTES // 8:
         return await asyncio.to_thread(unpack_blob, data, codec, what)
     return unpack_blob(data, codec, what)
 
@@ -525,19 +537,16 @@ class RedisStorage(Storage):
         packed: list[UsageChunk] = (),
     ) -> None:
         chunks = check_batch(seq, usage, events, packed)
-        stored, codec = await _pack(record)
+        (stored, codec), stored_chunks = await _pack_flush_async(record, chunks)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
         args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
-        for account_id, at_ms, n, payloads in chunks:
+        for (account_id, at_ms, n, _), (payloads, chunk_codec) in zip(chunks, stored_chunks):
             index = key_index.get(account_id)
             if index is None:
                 keys.append(self.usage_key(account_id))
                 index = key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
-            codec = CODEC_RAW
-            if n > 1 and len(payloads) >= PACK_MIN_BYTES:
-                payloads, codec = pack_blob(payloads)
-            args += (index, account_id, at_ms, n, payloads, codec)
+            args += (index, account_id, at_ms, n, payloads, chunk_codec)
         for ev in events:
             args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
         reply = await self._eval(_SCRIPTS["append"], keys, args)
