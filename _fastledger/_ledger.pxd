@@ -37,12 +37,13 @@ ctypedef struct HoldOpen:
 
 
 # The stored result of a settled hold (any other state): what a replayed commit or release
-# answers. Shares its bytes with HoldOpen, which settlement empties first (free_earmarks).
+# answers. Shares its bytes with HoldOpen, which settlement empties first (free_earmarks). A
+# commit's amount_released is not stored: see hold_released.
 ctypedef struct HoldDone:
     int64_t charged             # commit: amount_charged; release: amount_released
-    int64_t released            # commit: amount_released
     int64_t uncharged
     int64_t avail               # available_after of the stored commit / release result
+    int64_t commit_fp           # fingerprint of the commit that settled it (0: none)
 
 
 ctypedef union HoldBody:
@@ -63,7 +64,6 @@ ctypedef struct Hold:
     uint8_t on_expire
     uint8_t hflags              # HF_UNBACKED / HF_AUTO / HF_LATE
     uint8_t nmore               # earmarks beyond mark0 (open holds)
-    int64_t commit_fp           # fingerprint of the commit that settled it (0: none)
     HoldBody u
     PyObject* extra             # NULL, or tuple (meta bytes, bucket_taken dict or None)
     HoldOrig* orig              # NULL unless an extend changed amount or expiry

@@ -99,17 +99,29 @@ cdef inline tuple reserve_result(Hold* h):
     return (OK, DECISION_OK, h.amount, h.avail0, h.expires_ns, 0, EMPTY)
 
 
+cdef inline int64_t hold_released(Hold* h) noexcept:
+    """amount_released of a settled hold's commit result: what of the hold the commit did not
+    use (a commit in time of `actual` releases max(0, held - actual), and actual = charged +
+    uncharged); a late commit (after expiry, or by expiry) releases nothing; not a commit: 0."""
+    cdef int64_t used
+    if h.state != RES_COMMITTED or h.hflags & HF_LATE:
+        return 0
+    used = h.u.d.charged + h.u.d.uncharged
+    return h.amount - used if h.amount > used else 0
+
+
 cdef inline tuple commit_result(Hold* h):
     cdef HoldDone* d = &h.u.d
-    return (O_OK, fl_int(d.charged), fl_int(d.released), fl_int(d.uncharged), fl_int(d.avail),
+    return (O_OK, fl_int(d.charged), fl_int(hold_released(h)), fl_int(d.uncharged), fl_int(d.avail),
             True if h.hflags & HF_LATE else False)
 
 
 cdef inline void set_commit_result(Account a, Hold* h, int64_t* out, bint late) noexcept:
-    """Store a settled hold's commit result: out = (charged, released, uncharged)."""
+    """Store a settled hold's commit result: out = (charged, released, uncharged); `released`
+    is what hold_released gives (the stateful test compares every commit result with the
+    reference model's)."""
     cdef HoldDone* d = &h.u.d
     d.charged = out[0]
-    d.released = out[1]
     d.uncharged = out[2]
     d.avail = acct_available(a)
     if late:
@@ -276,7 +288,7 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     if h.state == RES_RELEASED:
         return (RESERVATION_RELEASED,)
     if h.state == RES_COMMITTED:
-        if (h.hflags & HF_AUTO) or h.commit_fp == fp:
+        if (h.hflags & HF_AUTO) or h.u.d.commit_fp == fp:
             L.replayed = True
             return commit_result(h)
         return (IDEMPOTENCY_KEY_REUSED,)
@@ -298,7 +310,7 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
         settle_commit(L, a, h, actual, now, out)
         late = False
     set_commit_result(a, h, out, late)
-    h.commit_fp = fp
+    h.u.d.commit_fp = fp
     true_up_buckets(L, a, h, costs, now)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)

@@ -200,9 +200,9 @@ cdef int put_hold(Buf* b, Hold* h, Heap* purge_q) except -1:
     elif not held:
         c = put64(c, h.orig.amount0 if h.orig != NULL else 0)
         c = put64(c, h.orig.expires0 if h.orig != NULL else 0)
-        c = put64(c, h.commit_fp)
+        c = put64(c, h.u.d.commit_fp)
         c = put64(c, h.u.d.charged)
-        c = put64(c, h.u.d.released)
+        c = put64(c, hold_released(h))
         c = put64(c, h.u.d.uncharged)
         c = put64(c, h.u.d.avail)
         c = put64(c, purge_q.a[h.qidx].t)

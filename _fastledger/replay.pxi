@@ -399,7 +399,7 @@ cdef int rd_hold(Reader x) except -1:
         raise ValueError("journal record has a settled hold with earmarks or overdraft")
     cdef int i, ntaken
     cdef bint apply = x.mode != R_CHECK
-    cdef int64_t lot_seq, amt, amount0, expires0, commit_fp, purge_ns = 0
+    cdef int64_t lot_seq, amt, amount0, expires0, commit_fp, released, purge_ns = 0
     cdef int64_t done[4]
     cdef bint late = False, has_orig = False
     cdef Hold* h = NULL
@@ -444,6 +444,17 @@ cdef int rd_hold(Reader x) except -1:
         rd_range(r, AUX_NONE, AUX_RELEASE, 1)
         late = rd_range(r, 0, 1, 1)
         has_orig = rd_range(r, 0, 1, 1)
+        if state != RES_HELD:
+            # A commit's amount_released is not kept but recomputed (hold_released): it must
+            # be what the rest of the settlement gives.
+            if not (0 <= done[0] <= AMOUNT_MAX and 0 <= done[2] <= AMOUNT_MAX):
+                raise ValueError("journal record has a hold settlement amount out of range")
+            released = 0
+            if state == RES_COMMITTED and not late and amount > done[0] + done[2]:
+                released = amount - done[0] - done[2]
+            if released != done[1]:
+                raise ValueError("journal record has a hold whose amount_released does not "
+                                 "follow from its settlement")
     if not apply:
         return 0
     if has_orig:
@@ -455,9 +466,8 @@ cdef int rd_hold(Reader x) except -1:
     if state == RES_HELD:
         heap_push(&L.holds_q, expires, seq, h)
     else:
-        h.commit_fp = commit_fp
+        h.u.d.commit_fp = commit_fp
         h.u.d.charged = done[0]
-        h.u.d.released = done[1]
         h.u.d.uncharged = done[2]
         h.u.d.avail = done[3]
         if late:
