@@ -9,7 +9,7 @@ import pytest
 import _fastledger
 from _fastledger import codes as C
 
-from .helpers import RETENTION_NS, SECOND, charge, grant, reserve, upsert
+from .helpers import RETENTION_NS, SECOND, charge, commit, grant, reserve, upsert
 from .workload import batches, setup_ops, views
 
 RETENTION = 600 * SECOND
@@ -201,6 +201,29 @@ def test_sealed_but_malformed_records_raise_and_change_nothing(led):
     assert target.snapshot() == before
     target.replay(reseal(body))                   # the unmodified body, resealed, is fine
     assert target.account_view("a", 0)["granted"] == 100
+
+
+def test_a_commit_whose_stored_release_does_not_follow_is_refused(led):
+    """A settled hold keeps charged and uncharged, not amount_released (the core recomputes it
+    from the hold: hold_released). A record whose stored amount_released disagrees is refused,
+    before anything of it is applied; the true one replays and answers the same result."""
+    led.apply([upsert("a"), grant("a", "g1", 100), reserve("a", "r1", 40)], 0)
+    base = led.take_journal()
+    result = led.apply([commit("a", "r1", 15, fp=4242)], 1)[0]
+    assert result[:3] == (C.OK, 15, 25)
+    body = led.take_journal()[:-8]
+    settled = struct.pack("<qqq", 4242, 15, 25)   # commit_fp, charged, released
+    assert body.count(settled) == 1
+    target = fresh()
+    target.replay(base)
+    before = target.snapshot()
+    for wrong in (24, 26, 0):
+        with pytest.raises(ValueError, match="amount_released"):
+            target.replay(reseal(body.replace(settled, struct.pack("<qqq", 4242, 15, wrong))))
+        assert target.snapshot() == before
+    target.replay(reseal(body))
+    assert target.snapshot() == led.snapshot()
+    assert target.apply([commit("a", "r1", 15, fp=4242)], 2)[0] == result
 
 
 def test_a_record_naming_an_unknown_account_is_refused():
