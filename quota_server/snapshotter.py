@@ -23,16 +23,18 @@ import signal
 import tempfile
 from typing import Any
 
+import quota_server
+
 CAN_FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
 READ_MAX = 1 << 30  # one read() returns at most about 2 GiB on Linux
 
 
 def fork_allowed() -> bool:
     """False where forking this process is not safe: no fork(), or gRPC's own fork handlers
-    switched on (GRPC_ENABLE_FORK_SUPPORT, which grpc.aio does not support: its handlers would
-    run around our fork)."""
-    flag = os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower()
-    return CAN_FORK and flag not in ("1", "true", "yes", "on")
+    switched on (GRPC_ENABLE_FORK_SUPPORT set to a true value, or left unset while gRPC was
+    imported before this package: grpc.aio does not support them, and they crash the child;
+    see quota_server/__init__.py)."""
+    return CAN_FORK and quota_server.GRPC_FORK_HANDLERS_OFF
 
 
 class SnapshotFailed(Exception):

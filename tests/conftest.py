@@ -1,7 +1,13 @@
 """Fixtures shared by the server and end-to-end suites (helpers live in tests/support)."""
 from __future__ import annotations
 
-import pytest
+import os
+
+# Before anything imports gRPC (in-process servers fork snapshot children; see
+# quota_server/__init__.py): the test process and the servers it starts inherit this.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import pytest  # noqa: E402
 
 from tests.support.clock import ManualClock
 

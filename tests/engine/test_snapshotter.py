@@ -4,6 +4,9 @@ reported, and the engine's snapshots (taken that way by default) recover the sam
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -91,10 +94,34 @@ async def test_engine_snapshots_are_taken_in_a_child_and_recover(tmp_path, monke
     await again.storage.close()
 
 
+@pytest.mark.parametrize("env,grpc_first,off", [
+    (None, False, True),     # unset: the package switches gRPC's fork handlers off
+    ("0", False, True),
+    ("false", True, True),   # off by the user: gRPC imported first is fine
+    ("1", False, False),     # on by the user: no forked snapshots
+    (None, True, False),     # unset but gRPC imported first: its default (on) already applies
+])
+def test_grpc_fork_handlers_are_switched_off_when_the_package_comes_first(env, grpc_first, off):
+    """quota_server sets GRPC_ENABLE_FORK_SUPPORT=0 when it is unset and gRPC is not imported
+    yet, and says whether gRPC's fork handlers are off (what fork_allowed goes by)."""
+    code = ("import os, sys\n" + ("import grpc\n" if grpc_first else "") +
+            "import quota_server\n"
+            "from quota_server import snapshotter\n"
+            "print(quota_server.GRPC_FORK_HANDLERS_OFF, snapshotter.fork_allowed(),"
+            " os.environ.get('GRPC_ENABLE_FORK_SUPPORT'))")
+    environ = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    if env is not None:
+        environ["GRPC_ENABLE_FORK_SUPPORT"] = env
+    out = subprocess.run([sys.executable, "-P", "-c", code], env=environ, cwd="/",
+                         capture_output=True, text=True, check=True).stdout.split()
+    expected_env = env if env is not None else ("0" if not grpc_first else "None")
+    assert out == [str(off), str(off and snapshotter.CAN_FORK), expected_env]
+
+
 async def test_no_fork_when_grpc_fork_support_is_on(tmp_path, monkeypatch):
     """gRPC's fork handlers (GRPC_ENABLE_FORK_SUPPORT) do not go with grpc.aio: then the
     snapshot is taken on the event loop."""
-    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "1")
+    monkeypatch.setattr("quota_server.GRPC_FORK_HANDLERS_OFF", False)
     assert not snapshotter.fork_allowed()
     forks = []
     monkeypatch.setattr("quota_server.engine.fork_snapshot", lambda ledger: forks.append(1))
@@ -109,5 +136,5 @@ async def test_no_fork_when_grpc_fork_support_is_on(tmp_path, monkeypatch):
     await eng.stop()
     assert not forks and (await storage.load()).snapshot_seq > 0
     await storage.close()
-    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "0")
+    monkeypatch.setattr("quota_server.GRPC_FORK_HANDLERS_OFF", True)
     assert snapshotter.fork_allowed()
