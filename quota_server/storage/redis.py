@@ -132,7 +132,8 @@ _APPEND = """
 --       n_events x (event_id, account_id, type, at_ms, payload)
 -- A flush's usage rows of one account (one at_ms) are one entry of the account's stream: a
 -- single row as field payload, several as fields n and payloads (pack_payloads; and codec when
--- compressed). The lengths of uncompressed payloads are checked before the first write. One XADD per account per flush, not per row.
+-- compressed). The lengths of uncompressed payloads are checked before the first write. One
+-- XADD per account per flush, not per row.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then
   return {'FENCED', epoch or ''}
@@ -262,26 +263,31 @@ return {'OK'}
 """
 
 
+def _packs(data: bytes) -> bool:
+    return len(data) >= PACK_MIN_BYTES
+
+
+def _stored(data: bytes) -> tuple[bytes, int]:
+    """(bytes as stored, codec): compressed from PACK_MIN_BYTES on, else as they are."""
+    return pack_blob(data) if _packs(data) else (data, CODEC_RAW)
+
+
 async def _pack(data: bytes) -> tuple[bytes, int]:
-    """pack_blob on a worker thread for a large blob; a small one is stored as it is."""
-    if len(data) >= PACK_MIN_BYTES:
-        return await asyncio.to_thread(pack_blob, data)
-    return data, CODEC_RAW
+    """_stored, on a worker thread when there is something to compress."""
+    return await asyncio.to_thread(pack_blob, data) if _packs(data) else (data, CODEC_RAW)
 
 
 def _pack_flush(record: bytes, chunks: list[UsageChunk]) -> tuple[tuple[bytes, int], list[tuple[bytes, int]]]:
-    """(record, codec) and (payloads, codec) per usage chunk as append stores them: compressed
-    from PACK_MIN_BYTES on (a chunk of one row never: its payload is a stream field as it is)."""
-    def one(data: bytes, may: bool) -> tuple[bytes, int]:
-        return pack_blob(data) if may and len(data) >= PACK_MIN_BYTES else (data, CODEC_RAW)
-
-    return one(record, True), [one(payloads, n > 1) for _, _, n, payloads in chunks]
+    """_stored of the record and of each usage chunk's payloads (a chunk of one row is never
+    compressed: its payload is a stream field as it is)."""
+    return _stored(record), [_stored(p) if n > 1 else (p, CODEC_RAW) for _, _, n, p in chunks]
 
 
 async def _pack_flush_async(record: bytes, chunks: list[UsageChunk]) -> tuple[tuple[bytes, int], list[tuple[bytes, int]]]:
-    if len(record) >= PACK_MIN_BYTES or any(n > 1 and len(p) >= PACK_MIN_BYTES for _, _, n, p in chunks):
+    """_pack_flush, on a worker thread (one hand-off per flush) when there is something to compress."""
+    if _packs(record) or any(n > 1 and _packs(p) for _, _, n, p in chunks):
         return await asyncio.to_thread(_pack_flush, record, chunks)
-    return (record, CODEC_RAW), [(p, CODEC_RAW) for _, _, _, p in chunks]
+    return _pack_flush(record, chunks)
 
 
 def usage_entry_payloads(fields: dict[bytes, bytes]) -> list[bytes]:
