@@ -47,6 +47,8 @@ EVENTS_PER_SEQ = 1 << 16  # event_id = seq * EVENTS_PER_SEQ + index: unique and 
 LINGER_RELEARN_EVERY = 16  # every n-th decision may run a whole window (see Engine._linger)
 LINGER_ENOUGH_OPS = 16  # a batch this big is not held back for more (see Engine._linger)
 LINGER_BACKOFF_MAX = 64  # most relearning windows skipped after ones that brought nothing
+SNAPSHOT_RETRY_MIN_S = 1.0  # after a failed snapshot, the next waits this long, doubling
+SNAPSHOT_RETRY_MAX_S = 60.0  # up to this (the journal keeps everything meanwhile)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +131,8 @@ class Engine:
         self.seq = 0  # the last seq written (durable)
         self._applied_seq = 0  # the last seq applied to the core (>= seq)
         self._snapshot_seq = 0
+        self.snapshot_failures = 0  # failed snapshots in a row (0 after one lands)
+        self._snapshot_retry_ns = 0  # after a failure, no new snapshot before this time
         self._pending: list[_Pending] = []
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
@@ -499,7 +503,7 @@ class Engine:
         ]
         if seq - self._snapshot_seq >= self.options.snapshot_every_records and (
             self._snapshot_task is None or self._snapshot_task.done()
-        ):
+        ) and (self._snapshot_retry_ns == 0 or self.now_ns() >= self._snapshot_retry_ns):
             # The state after record `seq` is the core's state right now (nothing else has
             # been applied since its journal was taken), so the snapshot is taken here; it is
             # written once the record itself has landed.
@@ -587,9 +591,17 @@ class Engine:
         except Fenced as exc:
             self._die(exc)
         except Exception as exc:  # the journal still has everything; try again later (a
-            # SnapshotFailed child included)
-            log.warning("snapshot at seq %d failed: %s", seq, exc)
+            # SnapshotFailed child included), backing off: each attempt serializes the whole
+            # state, so a snapshot that keeps failing must not be retried at every flush.
+            self.snapshot_failures += 1
+            delay_s = min(SNAPSHOT_RETRY_MIN_S * 2 ** (self.snapshot_failures - 1), SNAPSHOT_RETRY_MAX_S)
+            self._snapshot_retry_ns = self.now_ns() + int(delay_s * 1e9)
+            log.warning("snapshot at seq %d failed (%d in a row; next attempt in %g s at the earliest): %s",
+                        seq, self.snapshot_failures, delay_s, exc)
             self._snapshot_seq = min(self._snapshot_seq, seq - self.options.snapshot_every_records)
+        else:
+            self.snapshot_failures = 0
+            self._snapshot_retry_ns = 0
 
     # ------------------------------------------------------------------ background duties
 

@@ -36,6 +36,8 @@ class FaultyStorage:
         self.failing: type[Exception] | None = None
         self.gate: asyncio.Event | None = None
         self.appends: list[int] = []
+        self.snapshot_failing = False
+        self.snapshot_calls: list[int] = []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -47,6 +49,12 @@ class FaultyStorage:
             raise self.failing("injected")
         await self.inner.append(epoch, seq, record, usage, events, packed)
         self.appends.append(seq)
+
+    async def write_snapshot(self, epoch, seq, blob):
+        self.snapshot_calls.append(seq)
+        if self.snapshot_failing:
+            raise OSError("injected: no space left on device")
+        await self.inner.write_snapshot(epoch, seq, blob)
 
 
 async def _engine(tmp_path, **options) -> tuple[Engine, FaultyStorage, ManualClock]:
@@ -367,3 +375,45 @@ async def test_observe_sees_accounts_with_usage_and_its_failure_does_not_stop_wr
         assert [(e.type, e.account_id) for e in events if e.type == "test.observed"] == [("test.observed", "a")]
     finally:
         await engine.stop()
+
+
+async def test_a_failing_snapshot_is_retried_with_backoff_not_at_every_flush(tmp_path):
+    """Each attempt serializes the whole state: after a failure the next waits 1 s, then 2 s,
+    4 s... (engine clock), while every batch is still written; one success resets the wait."""
+    engine, storage, clock = await _engine(tmp_path, snapshot_every_records=1, snapshot_fork=False)
+    storage.snapshot_failing = True
+    n = 0
+
+    async def flushes(count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            n += 1
+            assert (await engine.submit(_upsert(f"a{n}")))[0] == C.OK
+            if engine._snapshot_task is not None:
+                await engine._snapshot_task
+
+    try:
+        await flushes(10)
+        assert len(storage.snapshot_calls) == 1 and engine.snapshot_failures == 1
+        clock.now_ns += SECOND // 2
+        await flushes(5)
+        assert len(storage.snapshot_calls) == 1       # still inside the first second
+        clock.now_ns += SECOND // 2
+        await flushes(5)
+        assert len(storage.snapshot_calls) == 2 and engine.snapshot_failures == 2
+        clock.now_ns += SECOND                          # the wait is 2 s now
+        await flushes(5)
+        assert len(storage.snapshot_calls) == 2
+        clock.now_ns += SECOND
+        storage.snapshot_failing = False
+        await flushes(1)
+        assert len(storage.snapshot_calls) == 3 and engine.snapshot_failures == 0
+        # Landed: back to a snapshot every record, no waiting.
+        await flushes(3)
+        assert len(storage.snapshot_calls) == 6
+        assert len(storage.appends) == n                # no batch waited for a snapshot
+    finally:
+        await engine.stop()
+    recovered = await storage.inner.load()
+    assert recovered.snapshot_seq == storage.snapshot_calls[-1]
+    await storage.inner.close()
