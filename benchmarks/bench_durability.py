@@ -81,13 +81,14 @@ def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
         base = median_of(results.get(("memory", workload), []), "ops_per_s")
         if workload == "unary":
             lines += [f"### Unary Reserve + Commit, {args.callers} callers", "",
-                      "| storage | ops/s | vs memory | Reserve p50 / p99 ms | Commit p50 / p99 ms | server CPU | errors |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                      "| storage | ops/s | vs memory | Reserve p50 / p99 ms | Commit p50 / p99 ms | server CPU | CPU steal "
+                      "| errors |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         else:
             lines += ["", f"### Batch({args.batch_size}) Reserves then Batch({args.batch_size}) Commits, "
                       f"{args.batch_callers} callers", "",
-                      "| storage | ops/s | vs memory | Batch p50 / p99 ms | server CPU | errors |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                      "| storage | ops/s | vs memory | Batch p50 / p99 ms | server CPU | CPU steal | errors |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name in TARGETS:
             runs = results.get((name, workload), [])
             if not runs:
@@ -95,13 +96,14 @@ def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
             ops = median_of(runs, "ops_per_s")
             ratio = ops / base
             cpu = statistics.median(r["server_cpu"] for r in runs)
+            steal = statistics.median(r.get("steal_pct", 0.0) for r in runs)
             errors = sum(r["tally"]["rpc_errors"] + r["tally"]["bad"] + r["tally"]["denied"] for r in runs)
             if workload == "unary":
                 lat = (f"{median_of(runs, 'reserve_p50_ms'):.2f} / {median_of(runs, 'reserve_p99_ms'):.2f} | "
                        f"{median_of(runs, 'commit_p50_ms'):.2f} / {median_of(runs, 'commit_p99_ms'):.2f}")
             else:
                 lat = f"{median_of(runs, 'batch_p50_ms'):.1f} / {median_of(runs, 'batch_p99_ms'):.1f}"
-            lines.append(f"| {name} | {ops:,.0f} | {ratio:.0%} | {lat} | {cpu:.0%} | {errors} |")
+            lines.append(f"| {name} | {ops:,.0f} | {ratio:.0%} | {lat} | {cpu:.0%} | {steal:.0f}% | {errors} |")
             if name == "redis":
                 ok = ratio >= TARGET_RATIO
                 met = met and ok
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         result = e2e.run_load(target, workload, args, unary if workload == "unary" else batch)
                         results[(target.name, workload)].append(result)
                         print(f"== rep {rep} {target.name} {workload}: {result['median']['ops_per_s']:,.0f} ops/s, "
-                              f"errors {result['tally']}, waited {result['quiet_wait_s']:.1f} s for a quiet machine",
+                              f"errors {result['tally']}, CPU steal {result['steal_pct']:.0f} %, "
+                              f"waited {result['quiet_wait_s']:.1f} s for a quiet machine",
                               file=sys.stderr, flush=True)
                         if target.proc.poll() is not None:
                             raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")

@@ -492,14 +492,23 @@ QUIET_SAMPLE_S = 0.25   # ...over one sample of this long
 QUIET_MAX_WAIT_S = 60.0
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot (Linux /proc/stat); (0, 0) elsewhere."""
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(busy, total, steal) jiffies of all CPUs since boot (Linux /proc/stat); zeros elsewhere.
+    Busy is this machine's own work: not idle, iowait, nor steal (time the hypervisor gave to
+    other guests, which no wait here would end)."""
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
-        return 0, 0
+        return 0, 0, 0
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields) - idle - steal, sum(fields), steal
+
+
+def steal_percent(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+    """Share of the CPUs' time between two _cpu_ticks() readings that the hypervisor took."""
+    total = after[1] - before[1]
+    return 100.0 * (after[2] - before[2]) / total if total > 0 else 0.0
 
 
 def wait_quiet() -> float:
@@ -509,9 +518,9 @@ def wait_quiet() -> float:
     start = time.monotonic()
     cores = os.cpu_count() or 1
     while time.monotonic() - start < QUIET_MAX_WAIT_S:
-        busy0, total0 = _cpu_ticks()
+        busy0, total0, _ = _cpu_ticks()
         time.sleep(QUIET_SAMPLE_S)
-        busy1, total1 = _cpu_ticks()
+        busy1, total1, _ = _cpu_ticks()
         if total1 == total0 or (busy1 - busy0) / (total1 - total0) * cores < QUIET_BUSY_CORES:
             break
     return time.monotonic() - start
@@ -549,9 +558,11 @@ def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: 
     measure_start = start_at.value + args.warmup
     time.sleep(max(0.0, measure_start - time.monotonic()))
     server_cpu0 = target.cpu_seconds()
+    ticks0 = _cpu_ticks()
     profiler = start_profiler(target, workload, args, tag)
     time.sleep(max(0.0, measure_start + args.runs * args.seconds - time.monotonic()))
     server_cpu1 = target.cpu_seconds()
+    ticks1 = _cpu_ticks()
     if profiler is not None:
         profiler.wait(60)
     reports = [queue.get(timeout=START_TIMEOUT_S + args.warmup + args.runs * args.seconds) for _ in procs]
@@ -560,6 +571,7 @@ def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: 
     result = summarize(workload, args, reports, (server_cpu1 - server_cpu0) / (args.runs * args.seconds),
                        target.rss_mb())
     result["quiet_wait_s"] = round(quiet_wait_s, 2)
+    result["steal_pct"] = round(steal_percent(ticks0, ticks1), 1)
     return result
 
 
@@ -626,6 +638,7 @@ def combine(target: str, workload: str, reps: list[dict]) -> dict:
         "tally": {key: sum(r["tally"][key] for r in reps) for key in reps[0]["tally"]},
         "last_error": next((r["last_error"] for r in reps if r["last_error"]), ""),
         "server_cpu": statistics.mean(r["server_cpu"] for r in reps),
+        "steal_pct": statistics.mean(r.get("steal_pct", 0.0) for r in reps),
         "client_cpu": statistics.mean(r["client_cpu"] for r in reps),
         "server_rss_mb": reps[-1]["server_rss_mb"],
     }
@@ -647,8 +660,8 @@ def render(results: list[dict], args: argparse.Namespace, config_lines: list[str
     lines = ["### Configuration", ""] + [f"- {line}" for line in config_lines] + [""]
     lines += ["### Unary Reserve + Commit pairs", "",
               "| target | pairs/s | ops/s | vs floor | Reserve p50 / p99 ms | Commit p50 / p99 ms "
-              "| server CPU | client CPU | errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| server CPU | client CPU | CPU steal | errors |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if r["workload"] != "unary" or "skipped" in r:
             continue
@@ -658,10 +671,11 @@ def render(results: list[dict], args: argparse.Namespace, config_lines: list[str
             f"| {r['target']} | {_fmt_int(m['pairs_per_s'])} | {_fmt_int(m['ops_per_s'])} | {ratio} "
             f"| {_fmt_ms(m.get('reserve_p50_ms', float('nan')), m.get('reserve_p99_ms', float('nan')))} "
             f"| {_fmt_ms(m.get('commit_p50_ms', float('nan')), m.get('commit_p99_ms', float('nan')))} "
-            f"| {r['server_cpu']:.0%} | {r['client_cpu']:.0%} | {_errors(r)} |")
+            f"| {r['server_cpu']:.0%} | {r['client_cpu']:.0%} | {r.get('steal_pct', 0.0):.0f}% | {_errors(r)} |")
     lines += ["", f"### Batch({args.batch_size}): a Batch of Reserves, then a Batch of Commits of them", "",
-              "| target | ops/s | vs floor | Batch calls/s | Batch p50 / p99 ms | server CPU | client CPU | errors |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| target | ops/s | vs floor | Batch calls/s | Batch p50 / p99 ms | server CPU | client CPU | CPU steal "
+              "| errors |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if r["workload"] != "batch" or "skipped" in r:
             continue
@@ -670,7 +684,7 @@ def render(results: list[dict], args: argparse.Namespace, config_lines: list[str
         lines.append(
             f"| {r['target']} | {_fmt_int(m['ops_per_s'])} | {ratio} | {m['ops_per_s'] / args.batch_size:,.1f} "
             f"| {_fmt_ms(m.get('batch_p50_ms', float('nan')), m.get('batch_p99_ms', float('nan')))} "
-            f"| {r['server_cpu']:.0%} | {r['client_cpu']:.0%} | {_errors(r)} |")
+            f"| {r['server_cpu']:.0%} | {r['client_cpu']:.0%} | {r.get('steal_pct', 0.0):.0f}% | {_errors(r)} |")
     skipped = [r for r in results if "skipped" in r]
     if skipped:
         lines.append("")
@@ -881,8 +895,8 @@ def main(argv: list[str] | None = None) -> int:
                         result = run_load(target, workload, args_for_rep(args), accounts, tag=f"r{rep}.")
                         reps[target.name].append(result)
                         print(f"== {workload} #{rep + 1} {target.name}: {result['median']['ops_per_s']:,.0f} ops/s, "
-                              f"server CPU {result['server_cpu']:.0%}, errors {result['tally']}, "
-                              f"waited {result['quiet_wait_s']:.1f} s for a quiet machine", file=sys.stderr, flush=True)
+                              f"server CPU {result['server_cpu']:.0%}, CPU steal {result['steal_pct']:.0f} %, "
+                              f"errors {result['tally']}, waited {result['quiet_wait_s']:.1f} s for a quiet machine", file=sys.stderr, flush=True)
                         if target.proc.poll() is not None:
                             raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")
                 results += [combine(t.name, workload, reps[t.name]) for t in running]
