@@ -109,7 +109,13 @@ ctypedef struct Heap:
 ctypedef struct Table:
     uint64_t* slots             # Rec pointer (48 bits) | hash tag (top 16 bits); 0 = empty
     size_t mask
-    size_t n
+    size_t n                    # entries in slots and old
+    # While the table grows (the record table only, see table.pxi), the previous slots are
+    # drained into the new ones a few clusters per insert instead of all at once.
+    uint64_t* old               # the slots being drained, or NULL
+    size_t old_mask
+    size_t drain_at             # the next old slot to drain (cyclic, from drain_end + 1)
+    size_t drain_left           # old slots still to drain
 
 
 ctypedef struct PtrVec:

@@ -110,18 +110,22 @@ cdef class Ledger:
         self.retention_ns = retention_ns
 
     def __dealloc__(self):
-        cdef size_t i
+        cdef size_t i, cap
+        cdef uint64_t* slots
+        cdef int part
         cdef Py_ssize_t j
         cdef Rec* r
         for j in range(self.dirty_recs.n):
             r = <Rec*>self.dirty_recs.a[j]
             if r.flags & RF_DEAD:
                 rec_free(r)
-        if self.recs.slots != NULL:
-            for i in range(self.recs.mask + 1):
-                if self.recs.slots[i] != 0:
-                    rec_free(slot_rec(self.recs.slots[i]))
-            PyMem_Free(self.recs.slots)
+        for part in range(2):
+            slots = table_part(&self.recs, part, &cap)
+            if slots != NULL:
+                for i in range(cap):
+                    if slots[i] != 0:
+                        rec_free(slot_rec(slots[i]))
+                PyMem_Free(slots)
         PyMem_Free(self.accts.slots)
         heap_clear(&self.holds_q)
         heap_clear(&self.lots_q)
@@ -274,6 +278,8 @@ cdef class Ledger:
         return {
             "accounts": len(self.accounts),
             "records": self.recs.n,
+            "record_slots": self.recs.mask + 1,
+            "record_slots_draining": 0 if self.recs.old == NULL else self.recs.old_mask + 1,
             "open_holds": self.holds_q.n,
             "lot_queue": self.lots_q.n,
             "purge_queue": self.purge_q.n,

@@ -10,11 +10,23 @@ cdef inline void require(bint ok, str what, Account a) except *:
         raise LedgerCorrupt(f"invariant broken for {a.aid if a is not None else '-'}: {what}")
 
 
+cdef bint probe_reaches(uint64_t* slots, size_t mask, size_t i) noexcept:
+    """Linear probing finds the record in slot i: no empty slot between its home and i."""
+    cdef size_t j = slot_rec(slots[i]).hash & mask
+    while j != i:
+        if slots[j] == 0:
+            return False
+        j = (j + 1) & mask
+    return True
+
+
 cdef int check_invariants(Ledger L) except -1:
     cdef dict per = {}          # Account -> [open holds, held, overdraft, {lot seq: earmarked}]
     cdef list acc
     cdef dict marks
-    cdef size_t i
+    cdef size_t i, cap, indexed = 0
+    cdef uint64_t* slots
+    cdef int part
     cdef int j, k, nm
     cdef Rec* r
     cdef Hold* h
@@ -23,44 +35,49 @@ cdef int check_invariants(Ledger L) except -1:
     cdef Earmark* m
     cdef Py_ssize_t held_n = 0, purge_n = 0
     cdef int64_t total, remaining, ceiling
-    for i in range(L.recs.mask + 1):
-        if L.recs.slots[i] == 0:
-            continue
-        r = slot_rec(L.recs.slots[i])
-        a = <Account>r.acct
-        require(not (r.flags & RF_DEAD), "a purged record is still indexed", a)
-        require(lookup(L, a.aid) is a, "a record's account is in the ledger", a)
-        if r.kind != REC_HOLD:
-            require((<Idem*>r).pidx >= 0 and L.purge_q.a[(<Idem*>r).pidx].p == <void*>r,
-                    "an idempotency record is queued for purge", a)
-            purge_n += 1
-            continue
-        h = <Hold*>r
-        if h.state != RES_HELD:
-            require(h.qidx >= 0 and L.purge_q.a[h.qidx].p == <void*>h,
-                    "a settled hold is queued for purge", a)
-            purge_n += 1
-            continue
-        require(h.qidx >= 0 and L.holds_q.a[h.qidx].p == <void*>h
-                and L.holds_q.a[h.qidx].t == h.expires_ns, "an open hold is queued by its expiry", a)
-        held_n += 1
-        acc = per.get(a)
-        if acc is None:
-            acc = per[a] = [0, 0, 0, {}]
-        acc[0] += 1
-        if h.hflags & HF_UNBACKED:
-            continue
-        acc[1] += h.amount
-        acc[2] += h.u.o.overdraft
-        marks = acc[3]
-        total = h.u.o.overdraft
-        nm = (1 if h.u.o.mark0.lot_seq else 0) + h.nmore
-        for k in range(nm):
-            m = hold_mark(h, k)
-            require(m.amount > 0, "earmarks are positive", a)
-            marks[m.lot_seq] = marks.get(m.lot_seq, 0) + m.amount
-            total += m.amount
-        require(total == h.amount, "hold backing: amount == earmarks + overdraft", a)
+    for part in range(2):
+        slots = table_part(&L.recs, part, &cap)
+        for i in range(cap):
+            if slots[i] == 0:
+                continue
+            indexed += 1
+            require(probe_reaches(slots, cap - 1, i), "a record is reachable from its home slot", None)
+            r = slot_rec(slots[i])
+            a = <Account>r.acct
+            require(not (r.flags & RF_DEAD), "a purged record is still indexed", a)
+            require(lookup(L, a.aid) is a, "a record's account is in the ledger", a)
+            if r.kind != REC_HOLD:
+                require((<Idem*>r).pidx >= 0 and L.purge_q.a[(<Idem*>r).pidx].p == <void*>r,
+                        "an idempotency record is queued for purge", a)
+                purge_n += 1
+                continue
+            h = <Hold*>r
+            if h.state != RES_HELD:
+                require(h.qidx >= 0 and L.purge_q.a[h.qidx].p == <void*>h,
+                        "a settled hold is queued for purge", a)
+                purge_n += 1
+                continue
+            require(h.qidx >= 0 and L.holds_q.a[h.qidx].p == <void*>h
+                    and L.holds_q.a[h.qidx].t == h.expires_ns, "an open hold is queued by its expiry", a)
+            held_n += 1
+            acc = per.get(a)
+            if acc is None:
+                acc = per[a] = [0, 0, 0, {}]
+            acc[0] += 1
+            if h.hflags & HF_UNBACKED:
+                continue
+            acc[1] += h.amount
+            acc[2] += h.u.o.overdraft
+            marks = acc[3]
+            total = h.u.o.overdraft
+            nm = (1 if h.u.o.mark0.lot_seq else 0) + h.nmore
+            for k in range(nm):
+                m = hold_mark(h, k)
+                require(m.amount > 0, "earmarks are positive", a)
+                marks[m.lot_seq] = marks.get(m.lot_seq, 0) + m.amount
+                total += m.amount
+            require(total == h.amount, "hold backing: amount == earmarks + overdraft", a)
+    require(indexed == L.recs.n, "the record table's count", None)
     require(held_n == L.holds_q.n, "the hold queue has exactly the open holds", None)
     require(purge_n == L.purge_q.n, "the purge queue has exactly the settled records", None)
     for a in L.accounts:

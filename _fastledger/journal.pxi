@@ -376,7 +376,9 @@ cdef bytes snapshot(Ledger L):
     cdef Account a
     cdef SeqRec* recs = NULL
     cdef SeqRec* order
-    cdef size_t i, k = 0, n = L.recs.n
+    cdef size_t i, cap, k = 0, n = L.recs.n
+    cdef uint64_t* slots
+    cdef int part
     cdef int64_t lo = INT64_MAX
     cdef Rec* r
     cdef char* c
@@ -398,13 +400,15 @@ cdef bytes snapshot(Ledger L):
         recs = <SeqRec*>PyMem_Malloc(2 * (n + 1) * sizeof(SeqRec))
         if recs == NULL:
             raise MemoryError()
-        for i in range(L.recs.mask + 1):
-            if L.recs.slots[i] != 0:
-                r = slot_rec(L.recs.slots[i])
-                recs[k].key = <uint64_t>r.seq
-                recs[k].r = r
-                lo = i64min(lo, r.seq)
-                k += 1
+        for part in range(2):
+            slots = table_part(&L.recs, part, &cap)
+            for i in range(cap):
+                if slots[i] != 0:
+                    r = slot_rec(slots[i])
+                    recs[k].key = <uint64_t>r.seq
+                    recs[k].r = r
+                    lo = i64min(lo, r.seq)
+                    k += 1
         for i in range(k):
             recs[i].key -= <uint64_t>lo
         order = sort_by_seq(recs, recs + n + 1, k)

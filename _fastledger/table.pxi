@@ -40,23 +40,44 @@ cdef inline Rec* slot_rec(uint64_t s) noexcept nogil:
     return <Rec*>(s & PTR_MASK)
 
 
+cdef enum:
+    # While the record table grows, each insert first drains at least this many of the
+    # previous slots (whole clusters) into the new ones: done after (old capacity / 8) inserts,
+    # long before the new table is half full (old capacity / 2 more inserts).
+    DRAIN_SLOTS = 8
+
+
 cdef int table_init(Table* t, size_t cap) except -1:
     t.slots = <uint64_t*>PyMem_Calloc(cap, sizeof(uint64_t))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
     t.n = 0
+    t.old = NULL
+    t.old_mask = 0
+    t.drain_at = 0
+    t.drain_left = 0
     return 0
 
 
-cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssize_t rlen,
-                     uint64_t h) noexcept:
-    cdef size_t i = h & t.mask
+cdef inline uint64_t* table_part(Table* t, int part, size_t* cap) noexcept:
+    """Part 0 is the current slots, part 1 the slots being drained (NULL, cap 0 if none): the
+    two arrays every walk over all the records must visit."""
+    if part == 0:
+        cap[0] = t.mask + 1
+        return t.slots
+    cap[0] = 0 if t.old == NULL else t.old_mask + 1
+    return t.old
+
+
+cdef inline Rec* probe_find(uint64_t* slots, size_t mask, Account a, uint8_t kind, const char* rid,
+                            Py_ssize_t rlen, uint64_t h) noexcept:
+    cdef size_t i = h & mask
     cdef uint64_t tag = h >> 48
     cdef uint64_t s
     cdef Rec* r
     while True:
-        s = t.slots[i]
+        s = slots[i]
         if s == 0:
             return NULL
         if (s >> 48) == tag:
@@ -64,20 +85,26 @@ cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssiz
             if (r.acct == <PyObject*>a and r.kind == kind and r.rlen == rlen
                     and fl_id_eq(rec_rid(r), rid, rlen)):
                 return r
-        i = (i + 1) & t.mask
+        i = (i + 1) & mask
 
 
-cdef Rec* table_find_ids(Table* t, uint8_t kind, const char* aid, Py_ssize_t alen, const char* rid,
-                         Py_ssize_t rlen) noexcept:
-    """table_find by the account's id instead of the account object (from_snapshot: no lookup)."""
-    cdef uint64_t h = rec_hash_ah(acct_hash(aid, alen), kind, rid, rlen)
-    cdef size_t i = h & t.mask
+cdef Rec* table_find(Table* t, Account a, uint8_t kind, const char* rid, Py_ssize_t rlen,
+                     uint64_t h) noexcept:
+    cdef Rec* r = probe_find(t.slots, t.mask, a, kind, rid, rlen, h)
+    if r == NULL and t.old != NULL:
+        r = probe_find(t.old, t.old_mask, a, kind, rid, rlen, h)
+    return r
+
+
+cdef Rec* probe_find_ids(uint64_t* slots, size_t mask, uint64_t h, uint8_t kind, const char* aid,
+                         Py_ssize_t alen, const char* rid, Py_ssize_t rlen) noexcept:
+    cdef size_t i = h & mask
     cdef uint64_t tag = h >> 48
     cdef uint64_t s
     cdef Rec* r
     cdef object owner
     while True:
-        s = t.slots[i]
+        s = slots[i]
         if s == 0:
             return NULL
         if (s >> 48) == tag:
@@ -86,7 +113,17 @@ cdef Rec* table_find_ids(Table* t, uint8_t kind, const char* aid, Py_ssize_t ale
                 owner = (<Account>r.acct).aid
                 if PyUnicode_GET_LENGTH(owner) == alen and memcmp(id_data(owner), aid, alen) == 0:
                     return r
-        i = (i + 1) & t.mask
+        i = (i + 1) & mask
+
+
+cdef Rec* table_find_ids(Table* t, uint8_t kind, const char* aid, Py_ssize_t alen, const char* rid,
+                         Py_ssize_t rlen) noexcept:
+    """table_find by the account's id instead of the account object (from_snapshot: no lookup)."""
+    cdef uint64_t h = rec_hash_ah(acct_hash(aid, alen), kind, rid, rlen)
+    cdef Rec* r = probe_find_ids(t.slots, t.mask, h, kind, aid, alen, rid, rlen)
+    if r == NULL and t.old != NULL:
+        r = probe_find_ids(t.old, t.old_mask, h, kind, aid, alen, rid, rlen)
+    return r
 
 
 cdef inline void table_place(Table* t, uint64_t s) noexcept:
@@ -96,10 +133,65 @@ cdef inline void table_place(Table* t, uint64_t s) noexcept:
     t.slots[i] = s
 
 
+cdef void table_drain(Table* t, size_t budget) noexcept:
+    """Move at least `budget` of the old slots into the current ones, ending just after an empty
+    slot; frees the old slots once all are moved.
+
+    Why whole clusters: what is left of the old slots must stay a valid linear-probing table
+    (lookups and removals still go there), and a record's probe from its home never crosses an
+    empty slot. Draining starts just after an empty slot and each step ends just after one, so
+    no record left behind has its home in the emptied part. Removals there (backward shift)
+    move records only within their own cluster, all of it still ahead of `drain_at`."""
+    cdef uint64_t* old = t.old
+    cdef size_t i = t.drain_at
+    cdef size_t done = 0
+    cdef uint64_t s
+    while t.drain_left:
+        s = old[i]
+        if s != 0:
+            old[i] = 0
+            table_place(t, s)
+        i = (i + 1) & t.old_mask
+        t.drain_left -= 1
+        done += 1
+        if s == 0 and done >= budget:
+            break
+    t.drain_at = i
+    if t.drain_left == 0:
+        PyMem_Free(old)
+        t.old = NULL
+        t.old_mask = 0
+
+
+cdef int table_grow(Table* t) except -1:
+    """Double the capacity; the records move over during the next inserts (table_drain)."""
+    cdef uint64_t* old
+    cdef size_t old_mask, n, e = 0
+    if t.old != NULL:               # not expected (see DRAIN_SLOTS): finish the last growth
+        table_drain(t, <size_t>-1)
+    old = t.slots
+    old_mask = t.mask
+    n = t.n
+    table_init(t, (old_mask + 1) * 2)
+    t.n = n
+    while old[e] != 0:              # at most half full: an empty slot exists
+        e += 1
+    t.old = old
+    t.old_mask = old_mask
+    t.drain_at = (e + 1) & old_mask  # slot e, empty, is the last one drained
+    t.drain_left = old_mask + 1
+    return 0
+
+
 cdef int table_resize(Table* t, size_t cap) except -1:
-    cdef uint64_t* old = t.slots
-    cdef size_t old_cap = t.mask + 1
-    cdef size_t i, n = t.n
+    """Move every record into `cap` slots at once (from_snapshot's sizing; no growth draining)."""
+    cdef uint64_t* old
+    cdef size_t old_cap, i, n
+    if t.old != NULL:
+        table_drain(t, <size_t>-1)
+    old = t.slots
+    old_cap = t.mask + 1
+    n = t.n
     table_init(t, cap)
     for i in range(old_cap):
         if old[i] != 0:
@@ -123,32 +215,45 @@ cdef int table_insert(Table* t, Rec* r, uint64_t h) except -1:
     """Insert a record whose key is not in the table."""
     if (<uint64_t>r) & ~PTR_MASK:
         raise SystemError("a record address does not fit in 48 bits")
+    if t.old != NULL:
+        table_drain(t, DRAIN_SLOTS)
     # At most half full: a reserve's lookup of a new id probes until an empty slot, and with
     # linear probing that run grows fast past one half (8 bytes a slot, small next to a record).
+    # Growing moves no record at once (a stop of the whole server for seconds at millions of
+    # records); the inserts that follow drain the old slots into the new ones.
     if (t.n + 1) * 2 > t.mask + 1:
-        table_resize(t, (t.mask + 1) * 2)
+        table_grow(t)
     table_place(t, (<uint64_t>r) | ((h >> 48) << 48))
     t.n += 1
     return 0
 
 
-cdef void table_remove(Table* t, Rec* r) noexcept:
-    cdef size_t i = r.hash & t.mask
+cdef bint probe_remove(uint64_t* slots, size_t mask, Rec* r) noexcept:
+    """Remove r from these slots by backward shift; False if it is not there."""
+    cdef size_t i = r.hash & mask
     cdef size_t j, k
-    while slot_rec(t.slots[i]) != r:
-        i = (i + 1) & t.mask
+    while slot_rec(slots[i]) != r:
+        if slots[i] == 0:
+            return False
+        i = (i + 1) & mask
     j = i
     while True:
-        j = (j + 1) & t.mask
-        if t.slots[j] == 0:
+        j = (j + 1) & mask
+        if slots[j] == 0:
             break
-        k = slot_rec(t.slots[j]).hash & t.mask
+        k = slot_rec(slots[j]).hash & mask
         # Leave slot j alone if its home k lies cyclically in (i, j].
         if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
             continue
-        t.slots[i] = t.slots[j]
+        slots[i] = slots[j]
         i = j
-    t.slots[i] = 0
+    slots[i] = 0
+    return True
+
+
+cdef void table_remove(Table* t, Rec* r) noexcept:
+    if not probe_remove(t.slots, t.mask, r):
+        probe_remove(t.old, t.old_mask, r)      # still in the slots being drained
     t.n -= 1
 
 
