@@ -152,7 +152,10 @@ class QuotaServer:
             except LeaseHeld as exc:
                 if self.config.storage.on_lease_held != "wait":
                     await self.storage.close()
-                    raise StartupError(f"storage.url: the data is owned by another live server ({exc})") from None
+                    raise StartupError(
+                        f"storage.url: the data is owned by another server ({exc}): it may still be serving, or it "
+                        f"stopped on another host without releasing its lease, which then runs out within "
+                        f"storage.lease_ttl_ms; set storage.on_lease_held = \"wait\" to wait for it") from None
                 log.info("lease held by another server; waiting")
                 await asyncio.sleep(LEASE_WAIT_POLL_S)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
+import socket
 import threading
 import zlib
 from collections.abc import AsyncIterator
@@ -44,6 +46,35 @@ class StorageUnavailable(StorageError):
 
 class LeaseHeld(StorageError):
     """Another owner holds an unexpired lease on this data."""
+
+
+def holder_died_here(owner: str) -> bool:
+    """True if lease holder `owner` (``host:pid:tag``, as quota-server names itself) was a
+    process of this host that no longer runs: killed (also a zombie not yet reaped) or exited
+    without releasing its lease. Anything else (another host, a live or stopped process, this
+    very process, a name of another form) is False: the holder may still be serving."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:        # some other user's live process
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ')'; Z is a zombie (dead, not yet reaped).
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"Z"
 
 
 class Fenced(StorageError):
@@ -238,7 +269,8 @@ class Storage(abc.ABC):
     acquire or renew; after that another owner may acquire (which fences the old epoch). An
     expired lease that nobody took over is still current: its owner can renew it and write.
     A backend may also learn that a holder died before its TTL ran out (SQLite: the OS lock
-    on the lock file is gone) and then lets a new owner in at once. ``owner`` must be unique
+    on the lock file is gone; Redis: the holder was a process of this host that is gone, see
+    ``holder_died_here``) and then lets a new owner in at once. ``owner`` must be unique
     per process incarnation (e.g. ``host:pid:random``): re-acquiring with the same owner is
     allowed while the lease is live and fences the previous epoch.
     """

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import urllib.parse
 from typing import Any
@@ -65,7 +66,10 @@ from .base import (
     unpack_payloads,
     check_recovered,
     check_ttl,
+    holder_died_here,
 )
+
+log = logging.getLogger("quota.storage.redis")
 
 OP_TIMEOUT_MS_DEFAULT = 2_000
 RETRIES_DEFAULT = 1
@@ -91,11 +95,12 @@ _CURSOR = re.compile(r"(\d+)-(\d+)(?::(\d+))?")
 entry holds several rows and the page ended inside it."""
 
 _ACQUIRE = """
--- KEYS: lease, epoch, holder   ARGV: owner, ttl_ms
+-- KEYS: lease, epoch, holder   ARGV: owner, ttl_ms, the lease value of a dead holder to take
+-- over ('' for none: only that exact value, so a holder that renewed or changed meanwhile wins)
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local holder = string.match(cur, '^(.*):%d+$') or cur
-  if holder ~= ARGV[1] then
+  if holder ~= ARGV[1] and cur ~= ARGV[3] then
     return {0, cur, redis.call('PTTL', KEYS[1])}
   end
 end
@@ -488,12 +493,22 @@ class RedisStorage(Storage):
         if not owner:
             raise ValueError("owner must not be empty")
         check_ttl(ttl_ms)
-        reply = await self._eval(
-            _SCRIPTS["acquire"], [self.k_lease, self.k_epoch, self.k_holder], [owner, ttl_ms]
-        )
+        keys = [self.k_lease, self.k_epoch, self.k_holder]
+        reply = await self._eval(_SCRIPTS["acquire"], keys, [owner, ttl_ms, ""])
         if reply[0] == 1:
             return int(reply[1])
-        raise LeaseHeld(f"lease held as {reply[1].decode(errors='replace')!r} for {reply[2]} ms more")
+        lease = reply[1].decode(errors="replace")
+        holder = lease.rpartition(":")[0] or lease
+        if holder_died_here(holder):
+            # Killed (kill -9, OOM) before it could release: nobody serves this data, and the
+            # new epoch fences the dead one's in any case. Restart at once, not after the TTL.
+            log.warning("lease held as %r for %s ms more by a process of this host that is gone; "
+                        "taking over", lease, reply[2])
+            reply = await self._eval(_SCRIPTS["acquire"], keys, [owner, ttl_ms, lease])
+            if reply[0] == 1:
+                return int(reply[1])
+            lease = reply[1].decode(errors="replace")
+        raise LeaseHeld(f"lease held as {lease!r} for {reply[2]} ms more")
 
     async def renew_lease(self, epoch: int, ttl_ms: int) -> None:
         check_ttl(ttl_ms)

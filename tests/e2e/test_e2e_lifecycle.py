@@ -95,7 +95,7 @@ async def test_second_server_on_the_same_data_refuses_to_start(spawn_server):
     second.spawn()
     code = await second.wait_exit()
     assert code != 0
-    assert "owned by another live server" in second.output(), second.output()
+    assert "owned by another server" in second.output(), second.output()
     async with AsyncQuotaClient(first.target, retry=NO_RETRY) as client:
         assert (await client.get_balance("acct")).available == 70
     assert await first.kill(signal.SIGKILL) == -signal.SIGKILL

@@ -52,7 +52,7 @@ async def test_second_server_with_on_lease_held_fail_exits_non_zero(redis_server
     second = spawn(redis_server.url, "second", lease_ttl_ms=LEASE_TTL_MS, on_lease_held="fail")
     second.spawn()
     assert await second.wait_exit() == 1
-    assert "owned by another live server" in second.output(), second.output()
+    assert "owned by another server" in second.output(), second.output()
     assert await health_status(first.target) == SERVING
     async with AsyncQuotaClient(first.target, retry=NO_RETRY) as client:
         assert (await client.charge(ACCOUNTS[0], charge_id="after-second", amount=PRICE)).ok
@@ -132,3 +132,45 @@ async def test_zombie_owner_is_fenced_and_never_writes_again(redis_server, spawn
     await settle(successor.target, book)
     check_against_books(await persisted(redis_server.url), book, await server_balances(successor.target))
     print(f"\nzombie exit {code}, probes {[type(o).__name__ for o in outcomes]}")
+
+
+@pytest.mark.slow
+async def test_a_server_killed_with_sigkill_is_taken_over_at_once_on_its_host(redis_server, spawn):
+    """Goal: kill -9 leaves the dead owner's lease in Redis for its whole TTL (60 s here); a
+    server restarted on the same host with the default on_lease_held = "fail" sees that the
+    holder's process is gone, takes the lease over (a higher epoch) and serves with everything
+    acknowledged before the kill. Without the takeover it would exit 1 ("owned by another
+    server") until the TTL ran out."""
+    server = await spawn(redis_server.url, "owner", lease_ttl_ms=60_000).start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+        assert (await client.charge(ACCOUNTS[0], charge_id="before-kill", amount=PRICE)).ok
+        before = (await client.get_balance(ACCOUNTS[0])).available
+    dead_epoch = epoch_of(server.output())
+    assert await server.kill(signal.SIGKILL) == -signal.SIGKILL
+    await server.restart()
+    assert "a process of this host that is gone; taking over" in server.output(), server.output()
+    assert epoch_of(server.output()) > dead_epoch
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        assert (await client.get_balance(ACCOUNTS[0])).available == before
+        again = await client.charge(ACCOUNTS[0], charge_id="before-kill", amount=PRICE)
+        assert again.ok and (await client.get_balance(ACCOUNTS[0])).available == before  # not charged twice
+
+
+@pytest.mark.slow
+async def test_a_stopped_owner_is_alive_and_not_taken_over(redis_server, spawn):
+    """Goal: an owner frozen with SIGSTOP still exists: a second server on the same host with
+    on_lease_held = "fail" exits 1 while the lease lasts, and the owner serves on after SIGCONT."""
+    first = await spawn(redis_server.url, "first", lease_ttl_ms=60_000).start()
+    async with AsyncQuotaClient(first.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = spawn(redis_server.url, "second", lease_ttl_ms=60_000, on_lease_held="fail")
+        second.spawn()
+        assert await second.wait_exit() == 1
+        assert "owned by another server" in second.output(), second.output()
+    finally:
+        first.send_signal(signal.SIGCONT)
+    async with AsyncQuotaClient(first.target, retry=NO_RETRY) as client:
+        assert (await client.charge(ACCOUNTS[0], charge_id="after-stop", amount=PRICE)).ok
