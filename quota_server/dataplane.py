@@ -422,13 +422,9 @@ class DataPlane:
                        priority=lot["priority"], expires_at_ms=_ms(lot["expires_ns"]))
                 for lot in lots
             ],
-            limits=[
-                pb.LimitState(name=b["name"], remaining=b["tokens"], capacity=b["capacity"],
-                              reset_after_ms=-(-b["reset_after_ns"] // NS_PER_MS))
-                for b in ledger.buckets_view(account_id, now_ns)
-            ],
         )
         plan = self.plans.get(view["plan_id"])
+        resp.limits.extend(_limit_states(ledger.buckets_view(account_id, now_ns), plan))
         if plan is not None:
             start_ms, end_ms = plan.period_bounds(now_ns // NS_PER_MS)
             resp.period.CopyFrom(pb.BillingPeriod(
@@ -720,3 +716,23 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
 
 __all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "run_batch",
            "run_batch_wire", "grpc"]
+
+
+def _limit_states(buckets: list[dict], plan) -> list[pb.LimitState]:
+    """GetBalance.limits: every rate limit of the account's plan, sorted by name. A limit whose
+    bucket was never used is full (a bucket is created full on first use): remaining =
+    capacity, reset_after_ms 0. Without a known plan, the buckets the account has."""
+    used = {
+        b["name"]: pb.LimitState(name=b["name"], remaining=b["tokens"], capacity=b["capacity"],
+                                 reset_after_ms=-(-b["reset_after_ns"] // NS_PER_MS))
+        for b in buckets
+    }
+    if plan is None:
+        return [used[name] for name in sorted(used)]
+    states = [
+        used.get(lim.name) or pb.LimitState(name=lim.name, remaining=lim.capacity, capacity=lim.capacity,
+                                            reset_after_ms=0)
+        for lim in plan.limits
+    ]
+    return sorted(states, key=lambda state: state.name)
+

@@ -122,7 +122,8 @@ def test_balance_json_lists_lots_in_consumption_order(quotactl, account):
 
 
 def test_balance_table(quotactl, account):
-    """Fields, period, and a lots table; no limits table before any limit was used."""
+    """Fields, period, a lots table, and a limits table (every limit of the plan, full before
+    any use)."""
     quotactl.ok("account", "upsert", account, "--plan", "free")
     start, end = _current_period()
     lot = f"included:free:{start}"
@@ -143,6 +144,10 @@ def test_balance_table(quotactl, account):
         "\n"
         f"LOT{pad}  CATEGORY  REMAINING  PRIORITY  EXPIRES AT\n"
         f"{lot}  INCLUDED        100         0  {format_time_ms(end)}\n"
+        "\n"
+        "LIMIT                    REMAINING  CAPACITY  RESET AFTER MS\n"
+        "input_tokens_per_minute       5000      5000               0\n"
+        "requests_per_minute             10        10               0\n"
     )
 
 
@@ -151,10 +156,10 @@ def test_balance_shows_limits_after_use(quotactl, account):
     quotactl.ok("charge", account, "--action", "image.generate", "--charge-id", "c1")
     limits = quotactl.json("balance", account)["limits"]
     assert [(lim["name"], lim["remaining"], lim["capacity"]) for lim in limits] == [
-        ("requests_per_minute", 9, 10),
+        ("input_tokens_per_minute", 5000, 5000), ("requests_per_minute", 9, 10),
     ]
-    assert 0 < limits[0]["reset_after_ms"] <= 60_000
-    assert "LIMIT                REMAINING  CAPACITY  RESET AFTER MS" in quotactl.ok("balance", account).stdout
+    assert limits[0]["reset_after_ms"] == 0 and 0 < limits[1]["reset_after_ms"] <= 60_000
+    assert "LIMIT                    REMAINING  CAPACITY  RESET AFTER MS" in quotactl.ok("balance", account).stdout
 
 
 def test_balance_of_unknown_account(quotactl):

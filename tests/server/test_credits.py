@@ -234,14 +234,14 @@ async def test_a_lot_that_expires_under_a_hold_keeps_the_earmarked_part(server, 
 
 
 async def test_get_balance_reports_limits_state(server):
-    """Goal: GetBalance.limits lists each rate limit the account has used, by name, with remaining,
-    capacity and the exact time until it is full again."""
+    """Goal: GetBalance.limits lists each rate limit of the plan by name, with remaining, capacity
+    and the exact time until it is full again (an unused one is full)."""
     await server.open_account("free-1", "free")
     await server.quota.Charge(pb.ChargeRequest(account_id="free-1", charge_id="c1", action="doc.summarize"))
     await server.advance(15_000)
     b = await server.balance("free-1")
     assert [(lim.name, lim.remaining, lim.capacity, lim.reset_after_ms) for lim in b.limits] == [
-        ("requests_per_minute", 9, 10, 45_000)]
+        ("input_tokens_per_minute", 5_000, 5_000, 0), ("requests_per_minute", 9, 10, 45_000)]
 
 
 async def test_included_credit_thresholds_and_low_balance_are_announced(server_config_data, manual_clock):

@@ -11,7 +11,7 @@ from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import quota_service_pb2 as pb
 from quota.v1.enums_pb2 import DECISION_OK as OK
 
-from tests.support.config import build_config, config_data
+from tests.support.config import TOKENS_CAPACITY, build_config, config_data
 from tests.support.inproc import InProcessServer
 from tests.support.status import fails
 from tests.support.wait import eventually, wait_until
@@ -109,7 +109,7 @@ async def test_restart_on_the_same_data_keeps_balances_holds_and_idempotency(tmp
         assert (settle.amount_charged, settle.amount_released, settle.late, settle.available_after) == (
             60, 40, False, before["acct"].available + 40)
         limits = {lim.name: lim.remaining for lim in (await srv.balance("free-1")).limits}
-        assert limits == {"requests_per_minute": 9}
+        assert limits == {"requests_per_minute": 9, "input_tokens_per_minute": TOKENS_CAPACITY}
         assert len(await srv.usage("acct")) == len(usage_before["acct"]) + 1
     finally:
         await srv.stop()

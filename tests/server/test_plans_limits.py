@@ -111,7 +111,8 @@ async def test_denied_reserve_takes_no_rate_limit_tokens(server):
     await server.open_account("free-1", "free")
     denied = await server.quota.Reserve(reserve("free-1", "big", action="doc.summarize", amount=1_000))
     assert denied.decision == INSUFFICIENT
-    assert (await server.balance("free-1")).limits == []  # no bucket was even touched
+    assert [(lim.name, lim.remaining, lim.reset_after_ms) for lim in (await server.balance("free-1")).limits] == [
+        ("input_tokens_per_minute", TOKENS_CAPACITY, 0), ("requests_per_minute", RPM_CAPACITY, 0)]  # untouched
     for i in range(RPM_CAPACITY):
         assert (await server.quota.Charge(charge("free-1", f"c{i}", action="doc.summarize"))).decision == OK
 
@@ -204,3 +205,19 @@ async def test_unlimited_plan_never_checks_credits_but_applies_limits(server):
     assert (b.balance, b.held) == (0, 0)
     assert [(u.reservation_id or u.charge_id, u.amount_charged) for u in await server.usage("sub")] == [
         ("r1", 700), ("c1", 50), ("c2", 1)]
+
+
+async def test_get_balance_lists_every_limit_of_the_plan_full_until_used(server):
+    """Goal: GetBalance.limits has each rate limit of the account's plan, sorted by name, also
+    those never used yet (full: remaining = capacity, reset_after_ms 0); a used one shows its
+    bucket; after a plan change, the new plan's limits."""
+    await server.open_account("free-1", "free")
+    fresh = [(lim.name, lim.remaining, lim.capacity, lim.reset_after_ms) for lim in (await server.balance("free-1")).limits]
+    assert fresh == [("input_tokens_per_minute", TOKENS_CAPACITY, TOKENS_CAPACITY, 0),
+                     ("requests_per_minute", RPM_CAPACITY, RPM_CAPACITY, 0)]
+    assert (await server.quota.Charge(charge("free-1", "c1", action="doc.summarize"))).decision == OK
+    used = {lim.name: (lim.remaining, lim.reset_after_ms) for lim in (await server.balance("free-1")).limits}
+    assert used == {"input_tokens_per_minute": (TOKENS_CAPACITY, 0), "requests_per_minute": (RPM_CAPACITY - 1, 60_000)}
+    await server.admin.UpsertAccount(apb.UpsertAccountRequest(account_id="free-1", plan_id="unlimited"))
+    assert [lim.name for lim in (await server.balance("free-1")).limits] == [
+        lim.name for lim in sorted(server.config.plans["unlimited"].limits, key=lambda lim: lim.name)]
