@@ -28,6 +28,7 @@ from .engine import Engine, EngineOptions
 from .auth import ApiKeyAuth
 from .notify import Thresholds
 from .renewal import IncludedCredits
+from .msgsize import SizeLimitedServer, grpc_receive_limit
 from .storage import LeaseHeld, Storage, storage_from_url
 
 log = logging.getLogger("quota.server")
@@ -104,18 +105,21 @@ class QuotaServer:
         elif not _is_loopback(self.config.server.listen):
             log.warning("no [auth] keys: every caller that can reach %s is accepted", self.config.server.listen)
         server = grpc.aio.server(interceptors=[ApiKeyAuth(auth)] if auth.enabled else None, options=[
-            ("grpc.max_receive_message_length", max_bytes),
+            # Above max_message_bytes: the API's handlers refuse what is over it themselves,
+            # with INVALID_ARGUMENT / MESSAGE_TOO_LARGE (see msgsize).
+            ("grpc.max_receive_message_length", grpc_receive_limit(max_bytes)),
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
         dataplane = DataPlane(engine=self.engine, config=self.config)
         thresholds = Thresholds(engine=self.engine, plans=self.config.plans, accounts=dataplane.accounts)
         self.engine.observe = thresholds if thresholds.active else None
+        api = SizeLimitedServer(server, max_bytes)
         add_quota_service(
-            server, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
+            api, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(engine=self.engine, config=self.config, accounts=dataplane.accounts), server
+            AdminServicer(engine=self.engine, config=self.config, accounts=dataplane.accounts), api
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

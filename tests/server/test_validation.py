@@ -283,3 +283,50 @@ async def test_reservation_ids_are_scoped_to_their_account(server):
     await server.quota.Reserve(pb.ReserveRequest(account_id="a", reservation_id="r1", amount=10))
     failure = await fails(server.quota.Commit(pb.CommitRequest(account_id="b", reservation_id="r1")))
     assert (failure.code, failure.reason) == (NOT_FOUND, "RESERVATION_NOT_FOUND")
+
+
+# -- message size --------------------------------------------------------------------------------
+
+SMALL_MAX = 65_536
+
+
+async def test_requests_over_max_message_bytes_are_invalid_argument_and_change_nothing(server_config_data, manual_clock):
+    """Goal: a request above [server] max_message_bytes is INVALID_ARGUMENT / MESSAGE_TOO_LARGE
+    with its size and the limit in the metadata (not gRPC's own RESOURCE_EXHAUSTED, which means an
+    overloaded server), checked before anything else (an oversized id is not INVALID_ID), on the
+    data plane, the admin plane and a streaming call alike; it changes nothing, and a request
+    just under the limit works. Far above it (over 4x) gRPC refuses the bytes itself."""
+    from tests.support.config import build_config
+    from tests.support.inproc import InProcessServer
+
+    server_config_data.setdefault("server", {})["max_message_bytes"] = SMALL_MAX
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("acct", grant=10_000)
+        before = await snapshot(srv, "acct")
+        ops = [pb.BatchOp(charge=pb.ChargeRequest(account_id="acct", charge_id=f"c{i:05d}-" + "x" * 100, amount=1))
+               for i in range(600)]
+        big = pb.BatchRequest(ops=ops)
+        assert big.ByteSize() > SMALL_MAX
+        failure = await fails(srv.quota.Batch(big))
+        assert (failure.code, failure.reason) == (INVALID, "MESSAGE_TOO_LARGE")
+        assert failure.metadata == {"size": str(big.ByteSize()), "max_bytes": str(SMALL_MAX)}
+        assert await snapshot(srv, "acct") == before
+        fits = pb.BatchRequest(ops=ops[:400])
+        assert fits.ByteSize() < SMALL_MAX
+        assert all(r.charge.decision == OK for r in (await srv.quota.Batch(fits)).results)
+
+        oversized_id = "a" * (SMALL_MAX + 10)
+        for call in (srv.admin.UpsertAccount(apb.UpsertAccountRequest(account_id=oversized_id, plan_id="prepaid")),
+                     srv.quota.GetBalance(pb.GetBalanceRequest(account_id=oversized_id))):
+            failure = await fails(call)
+            assert (failure.code, failure.reason) == (INVALID, "MESSAGE_TOO_LARGE"), failure
+        stream = srv.admin.WatchEvents(apb.WatchEventsRequest(account_id=oversized_id))
+        failure = await fails(stream.read())
+        assert (failure.code, failure.reason) == (INVALID, "MESSAGE_TOO_LARGE"), failure
+
+        huge = await fails(srv.quota.GetBalance(pb.GetBalanceRequest(account_id="a" * (5 * SMALL_MAX))))
+        assert huge.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await srv.stop()
