@@ -1146,7 +1146,8 @@ cdef class WireCodec:
             return -1
 
     cdef bytes meta_with_labels(self, _PriceInfo pi, const RawMap* labels):
-        """DataPlane._meta(action, frozen, labels) for non-empty labels (sorted by key)."""
+        """DataPlane._meta(action, frozen, labels) for non-empty labels (sorted by key); None if
+        too large (DataPlane._meta refuses it)."""
         cdef Buf* b = &self.tmp
         b.n = 0
         buf_put(b, PyBytes_AS_STRING(pi.meta_plain), len(pi.meta_plain) - 1)
@@ -1154,7 +1155,7 @@ cdef class WireCodec:
         json_raw_map(b, labels, 1)
         buf_put(b, b"}}", 2)
         if b.n > META_BYTES_MAX:
-            return pi.meta_plain
+            return None
         return PyBytes_FromStringAndSize(b.p, b.n)
 
     cdef bytes json_members(self, const RawMap* m, bint labels):
@@ -1243,6 +1244,8 @@ cdef class WireCodec:
         canon_raw_map(b, &self.lmap, 1)
         fp = canon_finish(b)
         meta = self.meta_with_labels(pi, &self.lmap) if self.lmap.n else pi.meta_plain
+        if meta is None:
+            return None  # labels too large: the Python path refuses the request
         return ((OP_RESERVE, account_id, reservation_id, fp, price, allow_partial, min_amount, ttl_ns, on_expire,
                  allowed, buckets, meta), None)
 

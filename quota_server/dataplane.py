@@ -174,16 +174,22 @@ class DataPlane:
 
     @staticmethod
     def _meta(action: str, frozen_price: bytes, labels: dict[str, str]) -> bytes:
-        """The hold's meta: action, frozen price and labels (sorted: the same bytes on both paths),
-        the labels dropped if they would not fit in META_BYTES_MAX."""
+        """The hold's meta: action, frozen price and labels (sorted: the same bytes on both paths).
+        It is kept with the hold in the core, at most META_BYTES_MAX bytes: a Reserve whose labels
+        do not fit is INVALID_ARGUMENT (they would otherwise be missing from its usage record)."""
         meta = {"a": action}
         if frozen_price:
             meta["p"] = frozen_price.hex()
-        encoded = json.dumps(meta, separators=(",", ":")).encode()
-        if labels:
-            with_labels = json.dumps({**meta, "l": _sorted_dict(labels)}, separators=(",", ":")).encode()
-            if len(with_labels) <= C.META_BYTES_MAX:
-                return with_labels
+        if not labels:
+            return json.dumps(meta, separators=(",", ":")).encode()
+        encoded = json.dumps({**meta, "l": _sorted_dict(labels)}, separators=(",", ":")).encode()
+        if len(encoded) > C.META_BYTES_MAX:
+            raise QuotaError(
+                "INVALID_ARGUMENT",
+                f"a reservation's labels take at most about {C.META_BYTES_MAX} bytes (as JSON, with the action "
+                f"and its price); these take {len(encoded)}: shorten them, or give them to the Commit instead",
+                metadata={"field": "labels"},
+            )
         return encoded
 
     # ------------------------------------------------------------------ reserve

@@ -20,6 +20,7 @@ ID_128 = "a" * 128
 ID_129 = "a" * 129
 BAD_IDS = ["", ID_129, "has space", "hash#", "semi;colon", "quote'", "é", "tab\t", "new\nline", "star*"]
 GOOD_IDS = [ID_128, "A", "a.b_c:d@e/f-g", "0"]
+BIG_LABELS = {f"key{i:02d}": "v" * 30 for i in range(40)}  # valid labels, about 1.7 KB as JSON
 
 
 async def snapshot(server, account_id: str):
@@ -195,6 +196,7 @@ async def test_an_explicit_amount_makes_an_unpriced_action_valid(server):
 
 @pytest.mark.parametrize("case", [
     "negative_quantity", "bad_action_chars", "unknown_on_expire", "label_value_too_long", "empty_quantity_name",
+    "labels_over_hold_metadata",
 ])
 async def test_other_malformed_fields_are_invalid_argument(server, case):
     """Goal: a negative quantity, an action outside the id alphabet, an unknown on_expire value and
@@ -208,10 +210,32 @@ async def test_other_malformed_fields_are_invalid_argument(server, case):
         "unknown_on_expire": pb.ReserveRequest(**base, amount=1, on_expire=7),
         "label_value_too_long": pb.ReserveRequest(**base, amount=1, labels={"k": "v" * 1025}),
         "empty_quantity_name": pb.ReserveRequest(**base, action="llm.chat", quantities={"": 1}),
+        # each label is valid, together they do not fit in the hold's 1 KiB of metadata
+        "labels_over_hold_metadata": pb.ReserveRequest(**base, amount=1, labels=BIG_LABELS),
     }
     failure = await fails(server.quota.Reserve(requests[case]))
     assert (failure.code, failure.reason) == (INVALID, "INVALID_ARGUMENT")
     assert await snapshot(server, "acct") == before
+
+
+async def test_reserve_labels_too_large_for_the_hold_are_refused_not_dropped(server):
+    """Goal: a Reserve whose labels do not fit in the hold's metadata is INVALID_ARGUMENT (field
+    labels), in a Batch too (that op only), instead of holding and losing the labels from its
+    usage record; the same labels on a Charge, or on the Commit, reach the usage record whole."""
+    await server.open_account("acct", grant=100)
+    batch = await server.quota.Batch(pb.BatchRequest(ops=[
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct", reservation_id="big", amount=1, labels=BIG_LABELS)),
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct", reservation_id="ok", amount=1, labels={"k": "v"})),
+    ]))
+    assert batch.results[0].error.reason == "INVALID_ARGUMENT"
+    assert batch.results[0].error.metadata["field"] == "labels"
+    assert batch.results[1].reserve.decision == OK
+    commit = await server.quota.Commit(pb.CommitRequest(account_id="acct", reservation_id="ok", labels=BIG_LABELS))
+    assert commit.amount_charged == 1
+    charge = await server.quota.Charge(pb.ChargeRequest(account_id="acct", charge_id="c", amount=1, labels=BIG_LABELS))
+    assert charge.decision == OK
+    records = await server.usage("acct")
+    assert [dict(r.labels) for r in records] == [{**BIG_LABELS, "k": "v"}, BIG_LABELS]
 
 
 async def test_admin_malformed_fields_are_invalid_argument(server, manual_clock):
