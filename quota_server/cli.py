@@ -208,8 +208,6 @@ def _account_fields(account: Any) -> list[tuple[str, Any]]:
         ("plan", account.plan_id),
         ("status", _name(account.status)),
         ("credit limit", account.credit_limit),
-        ("created at", format_time_ms(account.created_at_ms)),
-        ("updated at", format_time_ms(account.updated_at_ms)),
     ]
 
 

@@ -234,8 +234,6 @@ class Account:
     plan_id: str
     credit_limit: int
     status: AccountStatus | int
-    created_at_ms: int
-    updated_at_ms: int
 
     @classmethod
     def from_proto(cls, m: Any) -> Account:

@@ -76,7 +76,7 @@ def test_commit_amount_zero_is_sent_and_absent_amount_is_not(
 
 def test_upsert_account_credit_limit_presence(client: QuotaClient, server: ScriptedServer) -> None:
     """credit_limit=None leaves it unset (the plan's); 0 is an explicit zero."""
-    account = admin_pb.Account(account_id="acct-1", plan_id="free", status=1, created_at_ms=5)
+    account = admin_pb.Account(account_id="acct-1", plan_id="free", status=1, credit_limit=5)
     server.script(
         "UpsertAccount",
         admin_pb.UpsertAccountResponse(account=account, created=True),
@@ -88,7 +88,7 @@ def test_upsert_account_credit_limit_presence(client: QuotaClient, server: Scrip
     assert not first.HasField("credit_limit")
     assert second.HasField("credit_limit") and second.status == 2 and second.plan_id == ""
     assert created.created and created.account.status is AccountStatus.ACTIVE
-    assert created.account.created_at_ms == 5
+    assert created.account.credit_limit == 5
 
 
 def test_get_balance_reads_lots_period_and_limits(

@@ -8,20 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Account(_message.Message):
-    __slots__ = ("account_id", "plan_id", "credit_limit", "status", "created_at_ms", "updated_at_ms")
+    __slots__ = ("account_id", "plan_id", "credit_limit", "status")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     CREDIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     plan_id: str
     credit_limit: int
     status: _enums_pb2.AccountStatus
-    created_at_ms: int
-    updated_at_ms: int
-    def __init__(self, account_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., credit_limit: _Optional[int] = ..., status: _Optional[_Union[_enums_pb2.AccountStatus, str]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, account_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., credit_limit: _Optional[int] = ..., status: _Optional[_Union[_enums_pb2.AccountStatus, str]] = ...) -> None: ...
 
 class UpsertAccountRequest(_message.Message):
     __slots__ = ("account_id", "plan_id", "credit_limit", "status")
