@@ -385,10 +385,8 @@ class DataPlane:
         return pb.CheckResponse(decision=r[1], available=r[2], retry_after_ms=-(-r[3] // NS_PER_MS), limit_name=r[4])
 
     def quote(self, req: pb.QuoteRequest) -> pb.QuoteResponse:
-        if req.account_id:
+        if req.account_id:  # routing only (proto): a valid id, not read, need not exist
             check_id(req.account_id, "account_id")
-            if self.engine.ledger.account_view(req.account_id, self.engine.now_ns()) is None:
-                raise from_core_status(C.ACCOUNT_NOT_FOUND)
         action = check_action(req.action)
         if not action:
             raise QuotaError("INVALID_ARGUMENT", "action is required", metadata={"field": "action"})

@@ -48,6 +48,10 @@ async def test_quote_changes_nothing_and_refuses_a_missing_or_negative_input(ser
     q = await server.quota.Quote(pb.QuoteRequest(account_id="acct", action="video.render"))
     assert q.amount == 50
     assert await server.balance("acct") == before
+    # account_id only routes the call: an account that does not exist gets the same price
+    assert await server.quota.Quote(pb.QuoteRequest(account_id="no-such-account", action="video.render")) == q
+    failure = await fails(server.quota.Quote(pb.QuoteRequest(account_id="bad id", action="video.render")))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID")
     failure = await fails(server.quota.Quote(pb.QuoteRequest()))
     assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     failure = await fails(server.quota.Quote(pb.QuoteRequest(action="llm.chat", quantities={"input_tokens": -5})))
