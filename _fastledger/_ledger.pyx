@@ -149,7 +149,7 @@ cdef class Ledger:
         if not (get_i64(now_ns, &now) and 0 <= now < NOW_NS_LIMIT):
             raise ValueError("now_ns out of range")
         results = PyList_New(n)
-        self.replayed_at = []
+        self.replayed_at = None  # made at the first replay (most batches have none)
         # Accounts found by the prefetch of op i (and their id objects), by i % PREFETCH_RING.
         cdef PyObject* ring_acct[PREFETCH_RING]
         cdef PyObject* ring_aid[PREFETCH_RING]
@@ -171,7 +171,10 @@ cdef class Ledger:
                 self.replayed = False
                 r = apply_one(self, <object>items[i], now)
                 if self.replayed:
-                    self.replayed_at.append(i)
+                    if self.replayed_at is None:
+                        self.replayed_at = [i]
+                    else:
+                        self.replayed_at.append(i)
                 # Results are tuples of ints, bools and strs: keep them out of the GC's young
                 # generation (PyObject_GC_UnTrack does nothing to an untracked object).
                 PyObject_GC_UnTrack(r)
