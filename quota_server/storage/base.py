@@ -48,11 +48,22 @@ class LeaseHeld(StorageError):
     """Another owner holds an unexpired lease on this data."""
 
 
+# Lease owner names this process has used (see holder_died_here).
+_OWNERS_HERE: set[str] = set()
+
+
+def note_owner(owner: str) -> None:
+    """Remember that this process takes leases as `owner` (backends call it in acquire_lease)."""
+    _OWNERS_HERE.add(owner)
+
+
 def holder_died_here(owner: str) -> bool:
     """True if lease holder `owner` (``host:pid:tag``, as quota-server names itself) was a
     process of this host that no longer runs: killed (also a zombie not yet reaped) or exited
-    without releasing its lease. Anything else (another host, a live or stopped process, this
-    very process, a name of another form) is False: the holder may still be serving."""
+    without releasing its lease; or an earlier process with this process's pid (a container
+    restarted with the server as pid 1, same hostname), told apart by a name this process never
+    used. Anything else (another host, a live or stopped process, a name of this process, a
+    name of another form) is False: the holder may still be serving."""
     parts = owner.split(":")
     if len(parts) < 3 or parts[0] != socket.gethostname():
         return False
@@ -60,7 +71,9 @@ def holder_died_here(owner: str) -> bool:
         pid = int(parts[1])
     except ValueError:
         return False
-    if pid <= 0 or pid == os.getpid():
+    if pid == os.getpid():
+        return owner not in _OWNERS_HERE
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)

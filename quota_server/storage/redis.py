@@ -67,6 +67,7 @@ from .base import (
     check_recovered,
     check_ttl,
     holder_died_here,
+    note_owner,
 )
 
 log = logging.getLogger("quota.storage.redis")
@@ -494,6 +495,7 @@ class RedisStorage(Storage):
             raise ValueError("owner must not be empty")
         check_ttl(ttl_ms)
         keys = [self.k_lease, self.k_epoch, self.k_holder]
+        note_owner(owner)
         reply = await self._eval(_SCRIPTS["acquire"], keys, [owner, ttl_ms, ""])
         if reply[0] == 1:
             return int(reply[1])

@@ -65,8 +65,18 @@ def test_other_hosts_this_process_and_other_names_are_never_taken_for_dead():
     child.kill()
     child.wait()
     assert not holder_died_here(f"{HOST}-other:{child.pid}:abcd1234")   # another host: cannot tell
-    assert not holder_died_here(f"{HOST}:{os.getpid()}:abcd1234")      # this very process
     assert not holder_died_here(f"{HOST}:{child.pid}")                  # not host:pid:tag
     assert not holder_died_here(f"{HOST}:pid:abcd1234")
     assert not holder_died_here(f"{HOST}:0:abcd1234")
     assert not holder_died_here("a")
+
+
+def test_this_pid_is_dead_only_under_a_name_this_process_never_used():
+    """A container restarted with the server as pid 1 (same hostname) finds its predecessor's
+    lease under its own pid: that holder is gone, unless the name is one this process used."""
+    from quota_server.storage.base import note_owner
+
+    mine = f"{HOST}:{os.getpid()}:mine0001"
+    note_owner(mine)
+    assert not holder_died_here(mine)
+    assert holder_died_here(f"{HOST}:{os.getpid()}:earlier1")
