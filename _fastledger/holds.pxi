@@ -99,15 +99,21 @@ cdef inline tuple reserve_result(Hold* h):
     return (OK, DECISION_OK, h.amount, h.avail0, h.expires_ns, 0, EMPTY)
 
 
-cdef inline int64_t hold_released(Hold* h) noexcept:
+cdef inline int64_t settled_released(uint8_t state, bint late, int64_t amount, int64_t charged,
+                                     int64_t uncharged) noexcept nogil:
     """amount_released of a settled hold's commit result: what of the hold the commit did not
     use (a commit in time of `actual` releases max(0, held - actual), and actual = charged +
-    uncharged); a late commit (after expiry, or by expiry) releases nothing; not a commit: 0."""
+    uncharged); a late commit (after expiry, or by expiry) releases nothing; not a commit: 0.
+    Also what replay requires of a stored settlement (rd_hold)."""
     cdef int64_t used
-    if h.state != RES_COMMITTED or h.hflags & HF_LATE:
+    if state != RES_COMMITTED or late:
         return 0
-    used = h.u.d.charged + h.u.d.uncharged
-    return h.amount - used if h.amount > used else 0
+    used = charged + uncharged
+    return amount - used if amount > used else 0
+
+
+cdef inline int64_t hold_released(Hold* h) noexcept:
+    return settled_released(h.state, h.hflags & HF_LATE, h.amount, h.u.d.charged, h.u.d.uncharged)
 
 
 cdef inline tuple commit_result(Hold* h):

@@ -399,7 +399,7 @@ cdef int rd_hold(Reader x) except -1:
         raise ValueError("journal record has a settled hold with earmarks or overdraft")
     cdef int i, ntaken
     cdef bint apply = x.mode != R_CHECK
-    cdef int64_t lot_seq, amt, amount0, expires0, commit_fp, released, purge_ns = 0
+    cdef int64_t lot_seq, amt, amount0, expires0, commit_fp, purge_ns = 0
     cdef int64_t done[4]
     cdef bint late = False, has_orig = False
     cdef Hold* h = NULL
@@ -449,10 +449,7 @@ cdef int rd_hold(Reader x) except -1:
             # be what the rest of the settlement gives.
             if not (0 <= done[0] <= AMOUNT_MAX and 0 <= done[2] <= AMOUNT_MAX):
                 raise ValueError("journal record has a hold settlement amount out of range")
-            released = 0
-            if state == RES_COMMITTED and not late and amount > done[0] + done[2]:
-                released = amount - done[0] - done[2]
-            if released != done[1]:
+            if settled_released(<uint8_t>state, late, amount, done[0], done[2]) != done[1]:
                 raise ValueError("journal record has a hold whose amount_released does not "
                                  "follow from its settlement")
     if not apply:
