@@ -47,6 +47,18 @@ def _malformed(exc: DecodeError) -> QuotaError:
     return QuotaError("INVALID_ARGUMENT", f"malformed request: {exc}")
 
 
+def _parse(request: bytes, deserialize, max_bytes: int) -> Any:
+    """The request for the handler (deserialized if it had a deserializer), or QuotaError."""
+    if len(request) > max_bytes:
+        raise _too_large(len(request), max_bytes)
+    if deserialize is None:
+        return request
+    try:
+        return deserialize(request)
+    except DecodeError as exc:
+        raise _malformed(exc) from None
+
+
 def limit_handler(handler: grpc.RpcMethodHandler | None, max_bytes: int) -> grpc.RpcMethodHandler | None:
     """`handler` behind the size and shape checks (streaming requests are left as they are)."""
     if handler is None or handler.request_streaming:
@@ -57,12 +69,9 @@ def limit_handler(handler: grpc.RpcMethodHandler | None, max_bytes: int) -> grpc
 
         async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                if len(request) > max_bytes:
-                    raise _too_large(len(request), max_bytes)
-                try:
-                    return await inner(deserialize(request) if deserialize is not None else request, context)
-                except DecodeError as exc:
-                    raise _malformed(exc) from None
+                return await inner(_parse(request, deserialize, max_bytes), context)
+            except DecodeError as exc:      # a raw-bytes handler's own parse (the fast path's fallback)
+                await abort_with(context, _malformed(exc))
             except QuotaError as exc:
                 await abort_with(context, exc)
 
@@ -71,27 +80,21 @@ def limit_handler(handler: grpc.RpcMethodHandler | None, max_bytes: int) -> grpc
     inner_stream = handler.unary_stream
     if inspect.isasyncgenfunction(inner_stream):
         async def unary_stream(request: bytes, context: grpc.aio.ServicerContext):
-            message = await _checked(request, deserialize, max_bytes, context)
+            try:
+                message = _parse(request, deserialize, max_bytes)
+            except QuotaError as exc:
+                await abort_with(context, exc)
             async for item in inner_stream(message, context):
                 yield item
     else:                           # a coroutine that writes with context.write
         async def unary_stream(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[misc]
-            message = await _checked(request, deserialize, max_bytes, context)
+            try:
+                message = _parse(request, deserialize, max_bytes)
+            except QuotaError as exc:
+                await abort_with(context, exc)
             return await inner_stream(message, context)
     return grpc.unary_stream_rpc_method_handler(
         unary_stream, request_deserializer=None, response_serializer=handler.response_serializer)
-
-
-async def _checked(request: bytes, deserialize, max_bytes: int, context) -> Any:
-    try:
-        if len(request) > max_bytes:
-            raise _too_large(len(request), max_bytes)
-        try:
-            return deserialize(request) if deserialize is not None else request
-        except DecodeError as exc:
-            raise _malformed(exc) from None
-    except QuotaError as exc:
-        await abort_with(context, exc)
 
 
 class _LimitedGeneric(grpc.GenericRpcHandler):
