@@ -718,10 +718,6 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
     return work.encode(results, lambda slot, result: _answer_item(dp, slot, result).SerializeToString())
 
 
-__all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "run_batch",
-           "run_batch_wire", "grpc"]
-
-
 def _limit_states(buckets: list[dict], plan) -> list[pb.LimitState]:
     """GetBalance.limits: every rate limit of the account's plan, sorted by name. A limit whose
     bucket was never used is full (a bucket is created full on first use): remaining =
@@ -739,4 +735,8 @@ def _limit_states(buckets: list[dict], plan) -> list[pb.LimitState]:
         for lim in plan.limits
     ]
     return sorted(states, key=lambda state: state.name)
+
+
+__all__ = ["AccountIndex", "DataPlane", "QuotaServicer", "add_quota_service", "run_batch",
+           "run_batch_wire", "grpc"]
 
