@@ -93,16 +93,6 @@ def run_rounds(led, rounds, journal: bool) -> float:
     return elapsed
 
 
-def steal_jiffies() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs since boot from /proc/stat ((0, 0) elsewhere): the
-    share of time a hypervisor gave to other guests, printed next to each figure."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (fields[7] if len(fields) > 7 else 0), sum(fields)
-
-
 def measure(kind: str, batch: int, pairs: int, accounts: int, repeats: int, model) -> float:
     """Median pairs/s over `repeats` fresh ledgers."""
     rounds = max(1, pairs // batch)
@@ -129,13 +119,14 @@ def main(argv=None) -> int:
     print(f"_fastledger {'debug' if _fastledger.DEBUG else 'release'} build, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, {args.accounts} accounts, median of {repeats}, "
           f"load average {os.getloadavg()[0]:.2f}")
+    from cpustat import cpu_ticks, steal_percent  # benchmarks/ is sys.path[0] when run as a script
+
     print(f"{'batch':>6} {'core pairs/s':>14} {'model pairs/s':>14} {'ratio':>7} {'CPU steal':>10}")
     for batch in BATCHES:
-        steal0, total0 = steal_jiffies()
+        before = cpu_ticks()
         core = measure("core", batch, core_pairs, args.accounts, repeats, model)
         ref = measure("model", batch, min(model_pairs, core_pairs), args.accounts, repeats, model)
-        steal1, total1 = steal_jiffies()
-        steal = 100 * (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0
+        steal = steal_percent(before, cpu_ticks())
         print(f"{batch:>6} {core:>14,.0f} {ref:>14,.0f} {core / ref:>6.1f}x {steal:>9.0f}%")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0

@@ -65,6 +65,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpustat import cpu_ticks, steal_percent  # benchmarks/ is sys.path[0] when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_UNARY_RATIO = 0.80  # the issue: unary throughput at least 80 % of the floor
@@ -492,25 +494,6 @@ QUIET_SAMPLE_S = 0.25   # ...over one sample of this long
 QUIET_MAX_WAIT_S = 60.0
 
 
-def _cpu_ticks() -> tuple[int, int, int]:
-    """(busy, total, steal) jiffies of all CPUs since boot (Linux /proc/stat); zeros elsewhere.
-    Busy is this machine's own work: not idle, iowait, nor steal (time the hypervisor gave to
-    other guests, which no wait here would end)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    steal = fields[7] if len(fields) > 7 else 0
-    return sum(fields) - idle - steal, sum(fields), steal
-
-
-def steal_percent(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
-    """Share of the CPUs' time between two _cpu_ticks() readings that the hypervisor took."""
-    total = after[1] - before[1]
-    return 100.0 * (after[2] - before[2]) / total if total > 0 else 0.0
-
-
 def wait_quiet() -> float:
     """Wait until the machine is quiet (another target's leftover work, such as a snapshot child
     or a checkpoint, would otherwise run inside this target's window); returns the seconds
@@ -518,9 +501,9 @@ def wait_quiet() -> float:
     start = time.monotonic()
     cores = os.cpu_count() or 1
     while time.monotonic() - start < QUIET_MAX_WAIT_S:
-        busy0, total0, _ = _cpu_ticks()
+        busy0, total0, _ = cpu_ticks()
         time.sleep(QUIET_SAMPLE_S)
-        busy1, total1, _ = _cpu_ticks()
+        busy1, total1, _ = cpu_ticks()
         if total1 == total0 or (busy1 - busy0) / (total1 - total0) * cores < QUIET_BUSY_CORES:
             break
     return time.monotonic() - start
@@ -558,11 +541,11 @@ def run_load(target: Target, workload: str, args: argparse.Namespace, accounts: 
     measure_start = start_at.value + args.warmup
     time.sleep(max(0.0, measure_start - time.monotonic()))
     server_cpu0 = target.cpu_seconds()
-    ticks0 = _cpu_ticks()
+    ticks0 = cpu_ticks()
     profiler = start_profiler(target, workload, args, tag)
     time.sleep(max(0.0, measure_start + args.runs * args.seconds - time.monotonic()))
     server_cpu1 = target.cpu_seconds()
-    ticks1 = _cpu_ticks()
+    ticks1 = cpu_ticks()
     if profiler is not None:
         profiler.wait(60)
     reports = [queue.get(timeout=START_TIMEOUT_S + args.warmup + args.runs * args.seconds) for _ in procs]
