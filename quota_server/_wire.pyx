@@ -33,6 +33,9 @@ from .storage.base import UsageRow
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     bint PyUnicode_IS_ASCII(object s)
+    bint PyUnicode_IS_COMPACT_ASCII(object s)
+    void* PyUnicode_DATA(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
 cdef extern from *:
     """
@@ -153,10 +156,19 @@ cdef inline int buf_u32le(Buf* b, uint32_t v) except -1:
     return buf_put(b, s, 4)
 
 
+cdef inline const char* str_utf8(object s, Py_ssize_t* n) except NULL:
+    """A str's UTF-8 bytes: for a compact ASCII str (every id made here) its own data, read
+    inline; else PyUnicode_AsUTF8AndSize."""
+    if PyUnicode_IS_COMPACT_ASCII(s):
+        n[0] = PyUnicode_GET_LENGTH(s)
+        return <const char*>PyUnicode_DATA(s)
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
 cdef inline int buf_pystr_ascii(Buf* b, object s) except -1:
     """Append a str's UTF-8 bytes (ASCII for ids and JSON text)."""
     cdef Py_ssize_t n
-    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef const char* p = str_utf8(s, &n)
     return buf_put(b, p, n)
 
 
@@ -570,6 +582,16 @@ cdef inline object id_str(Field* f):
     return PyUnicode_DecodeASCII(<const char*>f.p, f.n, NULL)
 
 
+cdef inline bint same_str(object s, Field* f) except -1:
+    """Whether `s` (a str, or None) is exactly the field's bytes."""
+    cdef Py_ssize_t n
+    cdef const char* q
+    if s is None:
+        return False
+    q = str_utf8(s, &n)
+    return n == f.n and memcmp(q, f.p, n) == 0
+
+
 # ---------------------------------------------------------------------------------------- maps
 
 # A decoded map, kept as slices of the request bytes: validated, sorted by key (UTF-8 byte order,
@@ -945,6 +967,7 @@ cdef class _Usage:
         cdef list events = []
         if not fresh:
             return _EMPTY_DERIVED
+        self.codec.bind_ledger()
         b.n = 0
         if not self.write_json(b, r, events):
             return _EMPTY_DERIVED
@@ -989,7 +1012,20 @@ cdef class WireCodec:
     cdef object decode_meta
     cdef object credit_events
     cdef dict meta_cache
+    cdef object meta_of         # the ledger's reservation_meta, bound once per derive (bind_ledger)
+    cdef object memo_raw        # the hold meta commit_meta read last, and what it made of it
+    cdef tuple memo_meta
     cdef object last_account    # the account id str of the previous op (see account_str)
+    cdef object last_action     # the action str of the previous op that named one (see action_str)
+    # The previous op's gate and price, for the next op of the same account and action: a
+    # Batch is usually one account's ops of one action. Valid within one decode call (the
+    # account index and catalogs do not change during it); `decode` and `decode_batch` reset
+    # them. memo_gate is None when unset or when the gate depended on the op's quantities.
+    cdef object memo_account
+    cdef object memo_action
+    cdef tuple memo_gate
+    cdef object memo_pi_action
+    cdef _PriceInfo memo_pi
     cdef Scan scan
     cdef RawMap qmap
     cdef RawMap lmap
@@ -1020,16 +1056,20 @@ cdef class WireCodec:
         """The account id of a request as str: the previous op's str object when it is the same
         id (a Batch is usually one account's), so its hash is computed once and dict lookups
         here and in the core hit on identity."""
-        cdef Py_ssize_t n
-        cdef const char* q
-        cdef object last = self.last_account
-        if last is not None:
-            q = PyUnicode_AsUTF8AndSize(last, &n)
-            if n == f.n and memcmp(q, f.p, n) == 0:
-                return last
-        last = id_str(f)
-        self.last_account = last
-        return last
+        if not same_str(self.last_account, f):
+            self.last_account = id_str(f)
+        return self.last_account
+
+    cdef object action_str(self, Field* f):
+        """The action of a request as str: the previous action's str object when it is the same
+        (as account_str), so that the gate and price memos below match it by identity."""
+        if not same_str(self.last_action, f):
+            self.last_action = id_str(f)
+        return self.last_action
+
+    cdef inline void forget_memos(self):
+        self.memo_gate = None
+        self.memo_pi = None
 
     cdef object account(self, object account_id):
         """(plan_id, status) of the account, or None if it does not exist."""
@@ -1071,18 +1111,32 @@ cdef class WireCodec:
 
     cdef tuple gate(self, object account_id, object action, const RawMap* quantities):
         """(feature_allowed, buckets) exactly as DataPlane._gate(plan_of(account_id), ...)."""
-        cdef object entry = self.account(account_id)
+        cdef object entry
         cdef _PlanGates pg
         cdef _Gate g
-        cdef bytes cost
+        cdef tuple gate
+        if self.memo_gate is not None and account_id is self.memo_account and action is self.memo_action:
+            return self.memo_gate
+        entry = self.account(account_id)
         if entry is None:
-            return (True, ())
-        pg = self.plan_gates_of((<tuple>entry)[0])
-        if pg.plan is None:
-            return (True, ())
-        g = self.gate_of(pg, action)
-        if g.limits is None:
-            return (g.allowed, g.buckets)
+            gate = (True, ())
+        else:
+            pg = self.plan_gates_of((<tuple>entry)[0])
+            if pg.plan is None:
+                gate = (True, ())
+            else:
+                g = self.gate_of(pg, action)
+                if g.limits is not None:
+                    return self.gate_dynamic(g, quantities)
+                gate = (g.allowed, g.buckets)
+        self.memo_account = account_id
+        self.memo_action = action
+        self.memo_gate = gate
+        return gate
+
+    cdef tuple gate_dynamic(self, _Gate g, const RawMap* quantities):
+        """The gate of an action with a limit whose cost is a quantity of the op."""
+        cdef bytes cost
         specs = []
         for name, cap, refill, period, cost in g.limits:
             if cost is None:
@@ -1092,9 +1146,14 @@ cdef class WireCodec:
         return (g.allowed, tuple(specs))
 
     cdef _PriceInfo price_info(self, object action):
-        cdef PyObject* hit = PyDict_GetItem(self.price_infos, action)
+        cdef PyObject* hit
         cdef _PriceInfo pi
+        if self.memo_pi is not None and action is self.memo_pi_action:
+            return self.memo_pi
+        hit = PyDict_GetItem(self.price_infos, action)
         if hit != NULL:
+            self.memo_pi_action = action
+            self.memo_pi = <_PriceInfo>hit
             return <_PriceInfo>hit
         pi = _PriceInfo.__new__(_PriceInfo)
         pi.known = bool(action) and action in self.prices
@@ -1206,7 +1265,7 @@ cdef class WireCodec:
         if s.f[4].n:
             if not valid_id(s.f[4].p, s.f[4].n):
                 return None
-            action = id_str(&s.f[4])
+            action = self.action_str(&s.f[4])
         amount = <int64_t>s.f[3].v
         ttl_ns = self.ttl_ns(s.f[6].v)
         min_amount = <int64_t>s.f[8].v
@@ -1324,7 +1383,7 @@ cdef class WireCodec:
         if s.f[4].n:
             if not valid_id(s.f[4].p, s.f[4].n):
                 return None
-            action = id_str(&s.f[4])
+            action = self.action_str(&s.f[4])
         amount = <int64_t>s.f[3].v
         if amount != 0 and (amount < 0 or amount > AMOUNT_MAX):
             return None
@@ -1376,6 +1435,7 @@ cdef class WireCodec:
     def decode(self, int kind, bytes data):
         """(op, derive) for one unary request of `kind` (BatchOp field number), or None: punt."""
         self.accounts.sync()
+        self.forget_memos()
         return self.decode_kind(kind, <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
     def decode_batch(self, bytes data, Py_ssize_t max_ops):
@@ -1392,6 +1452,7 @@ cdef class WireCodec:
         cdef BatchWork work
         cdef object decoded
         self.accounts.sync()
+        self.forget_memos()
         # Pass 1: the ops' extents (and the op count, checked before anything is judged).
         q = p
         while q < end:
@@ -1468,20 +1529,32 @@ cdef class WireCodec:
             events.extend(self.credit_events(account_id, available_after, uncharged))
         return 0
 
+    cdef int bind_ledger(self) except -1:
+        """Look the ledger's reservation_meta up once for the commits that one derive reads."""
+        self.meta_of = self.engine.ledger.reservation_meta
+        return 0
+
     cdef tuple commit_meta(self, _Usage u):
         """(action, labels JSON members) of a commit's usage record: the action and labels come
         from the hold's meta, the commit's own labels override the hold's."""
-        raw = self.engine.ledger.reservation_meta(u.account_id, u.item_id)
+        if self.meta_of is None:
+            self.bind_ledger()
+        raw = self.meta_of(u.account_id, u.item_id)
         if raw is None:
             raw = b""
-        cached = self.meta_cache.get(raw)
-        if cached is None:
-            meta = self.decode_meta(raw)
-            hold_labels = meta.get("l", {})
-            cached = (meta.get("a", ""), hold_labels, json_dict_members(hold_labels))
-            if len(self.meta_cache) >= CACHE_ACTIONS_MAX:
-                self.meta_cache.clear()
-            self.meta_cache[raw] = cached
+        if raw is self.memo_raw:  # holds made from one request shape share their meta object
+            cached = self.memo_meta
+        else:
+            cached = self.meta_cache.get(raw)
+            if cached is None:
+                meta = self.decode_meta(raw)
+                hold_labels = meta.get("l", {})
+                cached = (meta.get("a", ""), hold_labels, json_dict_members(hold_labels))
+                if len(self.meta_cache) >= CACHE_ACTIONS_MAX:
+                    self.meta_cache.clear()
+                self.meta_cache[raw] = cached
+            self.memo_raw = raw
+            self.memo_meta = cached
         action, hold_labels, labels_json = cached
         if u.labels:
             labels_json = json_dict_members({**hold_labels, **u.labels})
@@ -1701,6 +1774,7 @@ cdef class BatchWork:
         cdef Buf* b
         cdef Py_ssize_t nbufs = 0, cap = 0
         cdef uint32_t size
+        self.codec.bind_ledger()
         try:
             for i in range(self.n):
                 entry = <tuple>self.entries[i]

@@ -16,10 +16,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from quota.v1 import quota_service_pb2 as pb
 
+from _fastledger import codes as C
 from quota_server.dataplane import run_batch, run_batch_wire
 from quota_server.errors import QuotaError
 
-from .support import MAX_BATCH_OPS, batch_requests, dataplane_on, field_bytes, strict_equal
+from .support import NOW_NS, MAX_BATCH_OPS, batch_requests, dataplane_on, field_bytes, strict_equal
 
 
 def run_both(config, snapshot, data: bytes, max_ops: int = MAX_BATCH_OPS):
@@ -87,6 +88,44 @@ def test_batch_with_every_kind_and_errors(config, snapshot):
     assert fast.results[2].error.reason == "INVALID_AMOUNT"
     assert fast.results[8].error.reason == "RESERVATION_NOT_FOUND"
     assert fast.results[7].extend.decision == 6  # suspended: answered without the core
+
+
+def _reserve(account_id: str, reservation_id: str, action: str) -> pb.BatchOp:
+    return pb.BatchOp(reserve=pb.ReserveRequest(account_id=account_id, reservation_id=reservation_id,
+                                                action=action, amount=1))
+
+
+def test_gates_follow_the_account_and_the_action_op_by_op(config, snapshot):
+    """Goal: the fast path reuses an op's gate and price for the next op only when both name the
+    same account and action: a change of either (same action on an account of another plan, another
+    action on the same account, a gate whose bucket cost is a quantity of the op) gates afresh."""
+    ops = [_reserve("acct-prepaid", "g-1", "video.render"), _reserve("acct-free", "g-2", "video.render"),
+           _reserve("acct-free", "g-3", "video.render"), _reserve("acct-free", "g-4", "image.generate"),
+           _reserve("acct-prepaid", "g-5", "image.generate"), _reserve("acct-free", "g-6", "llm.chat"),
+           _reserve("acct-free", "g-7", "llm.chat"), _reserve("acct-free", "g-8", "")]
+    data = pb.BatchRequest(ops=ops).SerializeToString()
+    (slow, slow_ops, _), (fast, fast_ops, _) = run_both(config, snapshot, data)
+    assert fast == slow
+    assert strict_equal([op for op, _ in fast_ops], [op for op, _ in slow_ops])
+    assert [op[9] for op, _ in fast_ops] == [True, False, False, True, True, True, True, True]
+    assert [len(op[10]) for op, _ in fast_ops] == [0, 1, 1, 1, 0, 2, 2, 1]
+
+
+def test_a_plan_change_between_batches_is_seen(config, snapshot):
+    """Goal: what one Batch remembered of an account's gate is not used by the next one, so an
+    upsert that moved the account to another plan in between is seen."""
+    dp, engine = dataplane_on(snapshot, config)
+    loop = asyncio.new_event_loop()
+    try:
+        for n in range(2):
+            data = pb.BatchRequest(ops=[_reserve("acct-prepaid", f"p-{n}", "video.render")]).SerializeToString()
+            loop.run_until_complete(run_batch_wire(dp, data, MAX_BATCH_OPS))
+            if n == 0:
+                with dp.accounts.changing("acct-prepaid"):
+                    engine.ledger.apply([(C.OP_UPSERT, "acct-prepaid", "free", 0, None, None, None)], NOW_NS)
+    finally:
+        loop.close()
+    assert [op[9] for op, _ in engine.submitted] == [True, False]
 
 
 @pytest.mark.parametrize("data", [
