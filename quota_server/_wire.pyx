@@ -977,15 +977,18 @@ cdef class _Usage:
         """Append this op's usage record (JSON, exactly as dataplane._usage_row writes it) to `b`
         and its events to `events`, for result `r`; 0 if the op records no usage."""
         cdef WireCodec c = self.codec
+        cdef tuple t = <tuple?>r  # an OK result of the core: read unchecked after the length check
+        if len(t) < 6:
+            raise ValueError(f"core result {t!r} is too short for a usage record")
         if self.kind == K_CHARGE:
-            if r[1] != DECISION_OK:
+            if t[1] != DECISION_OK:
                 return 0
-            c.usage_json(b, "", self.item_id, self.action, self.quantities_json, r[2], 0, self.labels_json, False)
-            c.usage_events(events, self.account_id, r[3], 0)
+            c.usage_json(b, "", self.item_id, self.action, self.quantities_json, t[2], 0, self.labels_json, False)
+            c.usage_events(events, self.account_id, t[3], 0)
             return 1
         action, labels_json = c.commit_meta(self)
-        c.usage_json(b, self.item_id, "", action, b"", r[1], r[3], labels_json, r[5])
-        c.usage_events(events, self.account_id, r[4], r[3])
+        c.usage_json(b, self.item_id, "", action, b"", t[1], t[3], labels_json, t[5])
+        c.usage_events(events, self.account_id, t[4], t[3])
         return 1
 
 
@@ -1628,43 +1631,52 @@ cdef inline int64_t ceil_ms(int64_t ns):
     return ns // NS_PER_MS  # C truncates toward zero: the ceiling for ns <= 0
 
 
+cdef Py_ssize_t[6] RESULT_LEN = [0, 7, 6, 3, 5, 6]  # by kind: the core's OK result of each fast-path op
+
+
 cdef int encode_response(Buf* b, int kind, object op, object r) except -1:
     """The response message (not wrapped) of a fast-path op; raises QuotaError if not OK."""
-    cdef int64_t st = r[0]
+    cdef tuple t = <tuple?>r  # items are read unchecked (boundscheck off) after the length check
+    cdef int64_t st
+    if len(t) < 1:
+        raise ValueError("empty core result")
+    st = t[0]
     if st != ST_OK:
         if kind == K_EXTEND and st == ST_INVALID_AMOUNT:
             raise QuotaError("INVALID_AMOUNT", "hold_total is below the current hold", metadata={"field": "hold_total"})
         raise from_core_status(st)
-    if kind == K_RESERVE:
-        pb_varint_field(b, 0x08, i64(r[1]))
-        pb_str_field(b, 0x12, op[2])
-        pb_varint_field(b, 0x18, i64(r[2]))
-        pb_varint_field(b, 0x20, i64(r[3]))
-        pb_varint_field(b, 0x28, ms_of(i64(r[4])))
-        pb_varint_field(b, 0x30, ceil_ms(i64(r[5])))
-        pb_str_field(b, 0x3a, r[6])
-    elif kind == K_COMMIT:
-        pb_varint_field(b, 0x08, i64(r[1]))
-        pb_varint_field(b, 0x10, i64(r[2]))
-        pb_varint_field(b, 0x18, i64(r[3]))
-        pb_varint_field(b, 0x20, i64(r[4]))
-        pb_varint_field(b, 0x28, 1 if r[5] else 0)
-    elif kind == K_RELEASE:
-        pb_varint_field(b, 0x08, i64(r[1]))
-        pb_varint_field(b, 0x10, i64(r[2]))
-    elif kind == K_EXTEND:
-        pb_varint_field(b, 0x08, i64(r[1]))
-        pb_varint_field(b, 0x10, i64(r[2]))
-        pb_varint_field(b, 0x18, ms_of(i64(r[3])))
-        pb_varint_field(b, 0x20, i64(r[4]))
-    elif kind == K_CHARGE:
-        pb_varint_field(b, 0x08, i64(r[1]))
-        pb_varint_field(b, 0x10, i64(r[2]))
-        pb_varint_field(b, 0x18, i64(r[3]))
-        pb_varint_field(b, 0x20, ceil_ms(i64(r[4])))
-        pb_str_field(b, 0x2a, r[5])
-    else:
+    if not (K_RESERVE <= kind <= K_CHARGE):
         raise ValueError(f"not a fast-path kind: {kind}")
+    if len(t) < RESULT_LEN[kind]:
+        raise ValueError(f"core result {t!r} is too short for kind {kind}")
+    if kind == K_RESERVE:
+        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_str_field(b, 0x12, op[2])
+        pb_varint_field(b, 0x18, i64(t[2]))
+        pb_varint_field(b, 0x20, i64(t[3]))
+        pb_varint_field(b, 0x28, ms_of(i64(t[4])))
+        pb_varint_field(b, 0x30, ceil_ms(i64(t[5])))
+        pb_str_field(b, 0x3a, t[6])
+    elif kind == K_COMMIT:
+        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_varint_field(b, 0x10, i64(t[2]))
+        pb_varint_field(b, 0x18, i64(t[3]))
+        pb_varint_field(b, 0x20, i64(t[4]))
+        pb_varint_field(b, 0x28, 1 if t[5] else 0)
+    elif kind == K_RELEASE:
+        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_varint_field(b, 0x10, i64(t[2]))
+    elif kind == K_EXTEND:
+        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_varint_field(b, 0x10, i64(t[2]))
+        pb_varint_field(b, 0x18, ms_of(i64(t[3])))
+        pb_varint_field(b, 0x20, i64(t[4]))
+    else:  # K_CHARGE
+        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_varint_field(b, 0x10, i64(t[2]))
+        pb_varint_field(b, 0x18, i64(t[3]))
+        pb_varint_field(b, 0x20, ceil_ms(i64(t[4])))
+        pb_str_field(b, 0x2a, t[5])
     return 0
 
 
