@@ -138,7 +138,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         account_id = check_id(req.account_id, "account_id")
         if req.from_at_ms < 0 or req.to_at_ms < 0 or (req.to_at_ms and req.to_at_ms < req.from_at_ms):
             raise QuotaError("INVALID_ARGUMENT", "from_at_ms and to_at_ms must be >= 0 and from <= to",
-                             metadata={"field": "to_at_ms"})
+                             metadata={"field": "from_at_ms" if req.from_at_ms < 0 else "to_at_ms"})
         if self.engine.ledger.account_view(account_id, self.engine.now_ns()) is None:
             raise from_core_status(C.ACCOUNT_NOT_FOUND)
         return account_id, req.from_at_ms, req.to_at_ms

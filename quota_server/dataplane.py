@@ -249,7 +249,10 @@ class DataPlane:
                 raise QuotaError("INVALID_ARGUMENT",
                                  "commit by quantities needs a reservation priced by an action; give amount",
                                  metadata={"field": "quantities"})
-            amount = PriceCatalog.price_frozen(bytes.fromhex(meta["p"]), quantities)
+            try:
+                amount = PriceCatalog.price_frozen(bytes.fromhex(meta["p"]), quantities)
+            except PricingError as exc:  # the quantities price the commit above AMOUNT_MAX
+                raise QuotaError(exc.reason, str(exc), metadata={"field": "quantities"}) from None
         else:
             amount = -1
         bucket_costs: tuple = ()

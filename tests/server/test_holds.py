@@ -186,6 +186,31 @@ async def test_commit_by_quantities_needs_a_priced_reservation(server):
     assert (await server.balance("acct")).held == 30
 
 
+async def test_commit_priced_above_the_maximum_by_its_quantities_is_invalid_amount(server, server_config_data):
+    """Goal: a commit whose quantities price it above AMOUNT_MAX (at the reserved unit prices) is
+    INVALID_ARGUMENT / INVALID_AMOUNT naming `quantities`, unary and as one op of a Batch (the
+    Batch's other ops are answered), and the hold stays as it was (it was UNKNOWN, and failed
+    the whole Batch)."""
+    server_config_data["prices"]["huge"] = {"per_1000": {"q": 10**15}}
+    server.config = build_config(server_config_data)
+    await server.restart()
+    await server.open_account("acct", grant=10**15)
+    r = await server.quota.Reserve(reserve("acct", "r1", action="huge", quantities={"q": 1}))
+    assert (r.decision, r.amount_held) == (OK, 10**12)
+    failure = await fails(server.quota.Commit(commit("acct", "r1", quantities={"q": 10**6})))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_AMOUNT")
+    assert failure.metadata["field"] == "quantities"
+    batch = await server.quota.Batch(pb.BatchRequest(ops=[
+        pb.BatchOp(commit=commit("acct", "r1", quantities={"q": 10**6})),
+        pb.BatchOp(reserve=reserve("acct", "r2", amount=5)),
+    ]))
+    assert batch.results[0].error.reason == "INVALID_AMOUNT"
+    assert batch.results[1].reserve.decision == OK
+    assert (await server.balance("acct")).held == 10**12 + 5
+    done = await server.quota.Commit(commit("acct", "r1", quantities={"q": 1}))
+    assert done.amount_charged == 10**12
+
+
 async def test_commit_labels_are_merged_over_the_reserve_labels_in_usage(server):
     """Goal: the usage record carries the reserve's labels with the commit's labels merged over
     them (proto: UsageRecord.labels is "a commit's merged over its reserve's")."""

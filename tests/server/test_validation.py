@@ -258,6 +258,18 @@ async def test_admin_malformed_fields_are_invalid_argument(server, manual_clock)
     assert await snapshot(server, "acct") == before
 
 
+async def test_usage_window_errors_name_the_field_at_fault(server):
+    """Goal: a negative from_at_ms is reported on `from_at_ms` (it named `to_at_ms`), a window
+    that ends before it starts on `to_at_ms`, on ListUsage and GetUsageSummary alike."""
+    await server.open_account("acct", grant=100)
+    for rpc, request in ((server.admin.ListUsage, apb.ListUsageRequest),
+                         (server.admin.GetUsageSummary, apb.GetUsageSummaryRequest)):
+        failure = await fails(rpc(request(account_id="acct", from_at_ms=-10)))
+        assert (failure.reason, failure.metadata.get("field")) == ("INVALID_ARGUMENT", "from_at_ms")
+        failure = await fails(rpc(request(account_id="acct", from_at_ms=10, to_at_ms=5)))
+        assert (failure.reason, failure.metadata.get("field")) == ("INVALID_ARGUMENT", "to_at_ms")
+
+
 # -- NOT_FOUND --------------------------------------------------------------------------------
 
 
