@@ -23,6 +23,18 @@ from .validate import check_amount, check_id
 
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
+PAGE_BYTES_SLACK = 1024  # room left in a ListUsage reply for next_page_token and framing
+
+
+def _records_that_fit(records: list, budget: int) -> int:
+    """How many of `records` (from the first) fit in a reply of `budget` bytes (each costs its
+    size plus its field tag and length prefix)."""
+    used = 0
+    for n, record in enumerate(records):
+        used += record.ByteSize() + 6
+        if used > budget:
+            return n
+    return len(records)
 WATCH_POLL_S = 1.0
 
 
@@ -34,6 +46,7 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self.engine = engine
         self.plans = config.plans
         self.accounts = accounts
+        self.max_message_bytes = config.server.max_message_bytes  # a ListUsage page fits in it
 
     # ------------------------------------------------------------------ accounts
 
@@ -149,13 +162,24 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             if request.page_size < 0:
                 raise QuotaError("INVALID_ARGUMENT", "page_size must be >= 0", metadata={"field": "page_size"})
             size = min(request.page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
-            try:
-                rows, cursor = await self.engine.storage.list_usage(
-                    account_id, from_ms, to_ms, size, request.page_token or None
-                )
-            except InvalidCursor:
-                raise QuotaError("INVALID_ARGUMENT", "bad page_token", metadata={"field": "page_token"}) from None
-            return apb.ListUsageResponse(records=[_usage_record(row) for row in rows], next_page_token=cursor or "")
+            while True:
+                try:
+                    rows, cursor = await self.engine.storage.list_usage(
+                        account_id, from_ms, to_ms, size, request.page_token or None
+                    )
+                except InvalidCursor:
+                    raise QuotaError("INVALID_ARGUMENT", "bad page_token", metadata={"field": "page_token"}) from None
+                records = [_usage_record(row) for row in rows]
+                fit = _records_that_fit(records, self.max_message_bytes - PAGE_BYTES_SLACK)
+                if fit == len(records):
+                    return apb.ListUsageResponse(records=records, next_page_token=cursor or "")
+                if fit == 0:
+                    raise QuotaError(
+                        "RESPONSE_TOO_LARGE",
+                        f"a usage record is larger than the server's max_message_bytes ({self.max_message_bytes})",
+                        metadata={"field": "max_message_bytes"},
+                    )
+                size = fit  # a shorter page: the storage makes the cursor for where it ends
         except QuotaError as exc:
             await abort_with(context, exc)
 

@@ -45,6 +45,7 @@ REASON_TO_CODE: dict[str, grpc.StatusCode] = {
     "RESERVATION_EXPIRED": grpc.StatusCode.FAILED_PRECONDITION,
     "LIMIT_EXCEEDED": grpc.StatusCode.FAILED_PRECONDITION,
     "OVERFLOW": grpc.StatusCode.FAILED_PRECONDITION,
+    "RESPONSE_TOO_LARGE": grpc.StatusCode.FAILED_PRECONDITION,  # one usage record above max_message_bytes
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,

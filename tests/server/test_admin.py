@@ -9,7 +9,7 @@ from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import quota_service_pb2 as pb
 from quota.v1.enums_pb2 import ACCOUNT_STATUS_ACTIVE, ACCOUNT_STATUS_SUSPENDED
 
-from tests.support.config import CREDIT_LIMIT_PAYG
+from tests.support.config import CREDIT_LIMIT_PAYG, build_config
 from tests.support.status import fails
 
 STREAM_READ_TIMEOUT_S = 10.0
@@ -88,6 +88,36 @@ async def test_list_usage_pages_oldest_first_and_filters_by_window(server, manua
     window = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct", from_at_ms=times[1], to_at_ms=times[3]))
     assert [r.charge_id for r in window.records] == ["c1", "c2"]
     assert window.next_page_token == ""
+
+
+async def test_list_usage_pages_fit_in_max_message_bytes(server, server_config_data):
+    """Goal: a page of large usage records is cut short to fit in max_message_bytes (it was
+    RESOURCE_EXHAUSTED from gRPC's send limit) and its token resumes after its last record, so
+    every record is read once, in order; a single record too large for any reply is
+    FAILED_PRECONDITION / RESPONSE_TOO_LARGE naming max_message_bytes, not a transport error."""
+    server_config_data["server"]["max_message_bytes"] = 20_000
+    server.config = build_config(server_config_data)
+    await server.restart()
+    await server.open_account("acct", grant=1000)
+    labels = {f"k{i:02d}": "v" * 500 for i in range(8)}  # about 4 KB per record
+    for i in range(12):
+        await server.quota.Charge(pb.ChargeRequest(account_id="acct", charge_id=f"c{i:02d}", amount=1, labels=labels))
+    seen, token, pages = [], "", 0
+    while True:
+        page = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct", page_size=100, page_token=token))
+        assert 0 < len(page.records) < 12 and page.ByteSize() <= 20_000
+        seen += [r.charge_id for r in page.records]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"c{i:02d}" for i in range(12)] and pages >= 3
+    huge = {f"k{i:02d}": "v" * 1000 for i in range(19)}  # the request fits, its record does not
+    await server.open_account("big", grant=1000)
+    await server.quota.Charge(pb.ChargeRequest(account_id="big", charge_id="huge", amount=1, labels=huge))
+    failure = await fails(server.admin.ListUsage(apb.ListUsageRequest(account_id="big")))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RESPONSE_TOO_LARGE")
+    assert failure.metadata["field"] == "max_message_bytes"
 
 
 async def test_usage_summary_totals_per_action(server):
