@@ -29,7 +29,7 @@ from .auth import ApiKeyAuth
 from .notify import Thresholds
 from .renewal import IncludedCredits
 from .msgsize import SizeLimitedServer, grpc_receive_limit
-from .storage import LeaseHeld, Storage, storage_from_url
+from .storage import LeaseHeld, Storage, StorageError, storage_from_url
 
 log = logging.getLogger("quota.server")
 
@@ -93,11 +93,15 @@ class QuotaServer:
     async def start(self) -> None:
         # TLS files first: a bad one stops the server before it touches the storage.
         credentials = _server_credentials(self.config.server) if self.config.server.tls else None
-        await self.storage.open()
-        warning = await self.storage.check_durability()
-        if warning:
-            log.warning("%s", warning)
-        await self._start_engine()
+        try:
+            await self.storage.open()
+            warning = await self.storage.check_durability()
+            if warning:
+                log.warning("%s", warning)
+            await self._start_engine()
+        except StorageError as exc:  # unreachable, unreadable, or not this server's format
+            await self._close_storage_quietly()
+            raise StartupError(f"storage.url: cannot open the storage ({exc})") from None
         max_bytes = self.config.server.max_message_bytes
         auth = self.config.auth
         if auth.enabled:
@@ -147,6 +151,12 @@ class QuotaServer:
         self._renewal_task = asyncio.get_running_loop().create_task(self.renewal.run(), name="quota-renewal")
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (storage %s)", self.config.server.listen, self.config.storage.url.redacted())
+
+    async def _close_storage_quietly(self) -> None:
+        try:
+            await self.storage.close()
+        except Exception:  # already failing: the startup error is the one to report
+            log.debug("closing the storage after a failed start", exc_info=True)
 
     async def _start_engine(self) -> None:
         while True:

@@ -70,6 +70,19 @@ def test_bad_config_exits_non_zero_with_a_message_naming_the_key(tmp_path, text,
     assert key in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "sqlite:////proc/no-such-dir/quota.db"])
+def test_storage_that_cannot_be_opened_exits_1_with_one_line(tmp_path, url):
+    """Goal: storage that cannot be opened at startup (nothing listening at the Redis address, an
+    SQLite path that cannot be created) stops quota-server with exit 1 and one message naming
+    storage.url, not a Python traceback."""
+    from tests.storage.redis_proc import free_port
+
+    result = run_once(tmp_path, f'[storage]\nurl = "{url.format(port=free_port())}"\n')
+    assert result.returncode == 1, result.stderr
+    assert "quota-server: cannot start: storage.url: cannot open the storage" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_unreadable_config_file_exits_non_zero(tmp_path):
     """Goal: a config path that does not exist is refused with a non-zero exit and a message."""
     import subprocess
