@@ -15,7 +15,7 @@ from . import _wire
 from .dataplane import NS_PER_MS, AccountIndex
 from .renewal import grant_event as _grant_event
 from .renewal import included_grant_id, included_grant_op
-from .engine import Engine
+from .engine import EVENTS_PER_SEQ, Engine
 from .errors import QuotaError, from_core_status
 from .rpc import abort_with
 from .storage.base import InvalidCursor
@@ -47,6 +47,19 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         self.plans = config.plans
         self.accounts = accounts
         self.max_message_bytes = config.server.max_message_bytes  # a ListUsage page fits in it
+        self._closing = False  # set by close_streams: WatchEvents streams end
+
+    def _last_event_position(self) -> int:
+        """An event id at or above every event written so far (the last record's last slot)."""
+        return (self.engine.seq + 1) * EVENTS_PER_SEQ - 1 if self.engine.seq else 0
+
+    async def close_streams(self) -> None:
+        """At shutdown: end every WatchEvents stream with UNAVAILABLE / SHUTTING_DOWN (a client
+        resumes elsewhere or later with its last event id) instead of holding the shutdown for
+        the whole grace period."""
+        self._closing = True
+        async with self.engine.events_written:
+            self.engine.events_written.notify_all()
 
     # ------------------------------------------------------------------ accounts
 
@@ -224,6 +237,12 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                 try:
                     after = int(request.after_event_id)
                 except ValueError:
+                    after = -1
+                # Not a decimal event id, or beyond what this server's data has written: an id
+                # from another server's data (a stream resumed there would wait for ids that
+                # may never come, or skip events).
+                if not (request.after_event_id.isascii() and request.after_event_id.isdigit()) \
+                        or after > self._last_event_position():
                     raise QuotaError("INVALID_ARGUMENT", "after_event_id must be an event id from this server",
                                      metadata={"field": "after_event_id"}) from None
             else:
@@ -234,8 +253,13 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         types = set(request.types)
         account = request.account_id or None
         if after < 0:  # no position given: only events from now on
-            after = (self.engine.seq + 1) * (1 << 16) - 1 if self.engine.seq else 0
+            after = self._last_event_position()
         while True:
+            if self._closing:
+                await abort_with(context, QuotaError(
+                    "SHUTTING_DOWN", "the server is shutting down; resume with after_event_id set to the last event "
+                    "id received"))
+                return
             rows = await self.engine.storage.read_events(after, 500, account)
             for row in rows:
                 after = row.event_id

@@ -86,6 +86,7 @@ class QuotaServer:
         self.renewal = IncludedCredits(engine=self.engine, plans=config.plans)
         self._renewal_task: asyncio.Task | None = None
         self.grpc_server: grpc.aio.Server | None = None
+        self.admin: AdminServicer | None = None
         self.port = 0
         self.stopped = asyncio.Event()
         self.exit_code = 0
@@ -116,6 +117,7 @@ class QuotaServer:
             ("grpc.so_reuseport", 0),
         ])
         dataplane = DataPlane(engine=self.engine, config=self.config)
+        self.admin = AdminServicer(engine=self.engine, config=self.config, accounts=dataplane.accounts)
         thresholds = Thresholds(engine=self.engine, plans=self.config.plans, accounts=dataplane.accounts)
         self.engine.observe = thresholds if thresholds.active else None
         api = SizeLimitedServer(server, max_bytes)
@@ -123,7 +125,7 @@ class QuotaServer:
             api, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(engine=self.engine, config=self.config, accounts=dataplane.accounts), api
+            self.admin, api
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -197,6 +199,8 @@ class QuotaServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._renewal_task
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.admin is not None:
+            await self.admin.close_streams()
         if self.grpc_server is not None:
             # Stop taking RPCs; the ones in flight finish (their ops get persisted) within grace.
             await self.grpc_server.stop(self.config.server.grace_period_ms / 1000)

@@ -54,6 +54,35 @@ async def test_sigterm_drains_reports_not_serving_and_exits_zero(spawn_server):
         assert balance.balance == 10_000 - len(on_books)
 
 
+async def test_sigterm_ends_open_watch_streams_with_shutting_down(spawn_server):
+    """Goal: a WatchEvents stream open at SIGTERM ends with UNAVAILABLE / SHUTTING_DOWN, and the
+    server exits 0 without waiting out its grace period for the stream (60 s here; it used to
+    hold the shutdown until the grace period ran out, longer than wait_exit waits)."""
+    from quota.v1 import admin_service_pb2 as apb
+    from quota.v1 import admin_service_pb2_grpc as apb_grpc
+
+    from tests.support.status import failure_of
+
+    server = await spawn_server(server={"grace_period_ms": 60_000}).start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await client.upsert_account("acct", plan_id="prepaid")
+    channel = grpc.aio.insecure_channel(server.target)
+    try:
+        stream = apb_grpc.AdminServiceStub(channel).WatchEvents(apb.WatchEventsRequest(after_event_id="0"))
+        first = await asyncio.wait_for(stream.read(), 10)  # account.created: the stream is open
+        assert first.event.type == "account.created"
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                message = await asyncio.wait_for(stream.read(), 30)
+                assert message is not grpc.aio.EOF, "the stream ended without a status"
+        failure = failure_of(ended.value)
+        assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), failure
+    finally:
+        await channel.close()
+    assert await server.wait_exit() == 0, server.output()
+
+
 @pytest.mark.parametrize("text,key", [
     ("[plans.free]\n[[plans.free.limits]]\nname = \"rpm\"\ncapacity = 0\nrefill_period_ms = 1000\n",
      "plans.free.limits[0].capacity"),

@@ -205,9 +205,23 @@ async def test_watch_events_filters_by_type_and_resumes_after_an_event(server):
         resumed.cancel()
 
 
-async def test_watch_events_with_a_bad_position_is_invalid_argument(server):
-    """Goal: an after_event_id this server never issued is INVALID_ARGUMENT."""
-    stream = server.admin.WatchEvents(apb.WatchEventsRequest(after_event_id="not-a-number"))
+@pytest.mark.parametrize("position", ["not-a-number", "-5", "99999999999"])
+async def test_watch_events_with_a_bad_position_is_invalid_argument(server, position):
+    """Goal: an after_event_id this server never issued is INVALID_ARGUMENT: not a number, a
+    negative one, or one beyond every event this server's data has written (an id from another
+    server; it was accepted and the stream waited for ids that never come). The position of
+    the last event written is accepted."""
+    await server.open_account("acct", grant=10)
+    stream = server.admin.WatchEvents(apb.WatchEventsRequest(after_event_id=position))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await asyncio.wait_for(stream.read(), STREAM_READ_TIMEOUT_S)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    replay = server.admin.WatchEvents(apb.WatchEventsRequest(after_event_id="0"))
+    events = [await asyncio.wait_for(replay.read(), STREAM_READ_TIMEOUT_S) for _ in range(2)]
+    last = events[-1].event.event_id
+    replay.cancel()
+    resumed = server.admin.WatchEvents(apb.WatchEventsRequest(after_event_id=last))
+    await server.admin.Grant(apb.GrantRequest(account_id="acct", grant_id="g2", amount=5))
+    following = await asyncio.wait_for(resumed.read(), STREAM_READ_TIMEOUT_S)
+    assert following.event.type == "credits.granted" and int(following.event.event_id) > int(last)
+    resumed.cancel()
