@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import _fastledger
 from _fastledger import codes as C
 
-from .errors import Overloaded, ShuttingDown, Unavailable
+from .errors import Overloaded, QuotaError, ShuttingDown, Unavailable
 from .snapshotter import ForkedSnapshot, fork_allowed, fork_snapshot
 from .storage.base import EventRow, Fenced, Storage, StorageUnavailable, UsageChunk, UsageRow
 
@@ -99,15 +99,15 @@ class _Flush:
         self.events: list[EventRow] = []
         self.snapshot: bytes | ForkedSnapshot | None = None
 
-    def fail(self) -> None:
+    def fail(self, error: type[QuotaError] = ShuttingDown) -> None:
         for batch, _ in self.parts:
-            _fail(batch)
+            _fail(batch, error)
 
 
-def _fail(batch: list[_Pending]) -> None:
+def _fail(batch: list[_Pending], error: type[QuotaError] = ShuttingDown) -> None:
     for item in batch:
         if not item.future.done():
-            item.future.set_exception(ShuttingDown())
+            item.future.set_exception(error())
 
 
 class Engine:
@@ -134,6 +134,7 @@ class Engine:
         self.snapshot_failures = 0  # failed snapshots in a row (0 after one lands)
         self._snapshot_retry_ns = 0  # after a failure, no new snapshot before this time
         self._pending: list[_Pending] = []
+        self._behind: _Flush | None = None  # applied behind the write in flight, not yet sealed
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
         self._waiter: asyncio.Future | None = None  # the flush loop waiting behind a write or lingering
@@ -208,11 +209,7 @@ class Engine:
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(ShuttingDown())
-        self._pending.clear()
-        self._queued_ops = 0
+        self._fail_queued(ShuttingDown)
         if self.fatal is None and self.epoch:
             with contextlib.suppress(Exception):
                 await self.storage.release_lease(self.epoch)
@@ -314,7 +311,7 @@ class Engine:
                     if self._queued_ops >= eager and (applied is None or applied.n_ops < room):
                         # Enough is waiting: apply it now, behind the write (into the same
                         # record as whatever was applied behind it already).
-                        applied = self._apply_taken(applied, room - (applied.n_ops if applied else 0))
+                        applied = self._behind = self._apply_taken(applied, room - (applied.n_ops if applied else 0))
                         continue
                     # Woken by the write landing or by the queue reaching `eager` (a bare
                     # future: this runs once per flush, asyncio.wait costs more).
@@ -336,7 +333,7 @@ class Engine:
                     write = None
                 if applied is not None:
                     write = self._start_write(applied)
-                    applied = None
+                    applied = self._behind = None
                     continue
                 if not self._pending:
                     self._idle.set()
@@ -533,7 +530,8 @@ class Engine:
         try:
             if flush.record:
                 started = self._loop.time()
-                await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed)
+                await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed,
+                                    on_unavailable=lambda: self._answer_unavailable(flush))
                 self._last_write_s = self._loop.time() - started
         except BaseException as exc:
             # Lost lease: stop serving at once (before these callers hear "shutting down").
@@ -557,8 +555,9 @@ class Engine:
                 self.events_written.notify_all()
 
     async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
-                       packed: list[UsageChunk]) -> None:
-        """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile."""
+                       packed: list[UsageChunk], on_unavailable: Callable[[], None] | None = None) -> None:
+        """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile,
+        and `on_unavailable` runs once, at the first failed attempt."""
         backoff_ms = self.options.retry_backoff_min_ms
         while True:
             try:
@@ -567,6 +566,9 @@ class Engine:
                 if not self.storage_down:
                     log.warning("storage unavailable, retrying the pending batch: %s", exc)
                     self._set_storage_down(True)
+                if on_unavailable is not None:
+                    on_unavailable()
+                    on_unavailable = None
                 await asyncio.sleep(backoff_ms / 1000)
                 backoff_ms = min(backoff_ms * 2, self.options.retry_backoff_max_ms)
                 continue
@@ -637,17 +639,30 @@ class Engine:
                 log.warning("storage is back")
                 self._set_storage_down(False)
 
+    def _fail_queued(self, error: type[QuotaError]) -> None:
+        """Answer every submission still queued (never applied) with `error`, and drop them."""
+        _fail(self._pending, error)
+        self._pending.clear()
+        self._queued_ops = 0
+
+    def _answer_unavailable(self, flush: _Flush) -> None:
+        """The write of `flush` failed for want of storage and will be retried until it lands.
+        Its callers, those of what is applied behind it, and those queued are answered
+        UNAVAILABLE now instead of waiting for storage to come back (a call may have no
+        deadline): each may retry with the same id, which is answered with the original
+        result once the write has landed (or applied afresh if it was only queued)."""
+        flush.fail(Unavailable)
+        if self._behind is not None:
+            self._behind.fail(Unavailable)
+        self._fail_queued(Unavailable)
+
     def _die(self, exc: BaseException) -> None:
         if self.fatal is not None:
             return
         self.fatal = exc
         self._accepting = False
         log.critical("engine stopped serving: %r", exc)
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(ShuttingDown())
-        self._pending.clear()
-        self._queued_ops = 0
+        self._fail_queued(ShuttingDown)
         if self.on_fatal is not None:
             self.on_fatal(exc)
 

@@ -175,27 +175,60 @@ async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_pat
 
 
 async def test_storage_outage_answers_unavailable_then_recovers(tmp_path):
-    """While the pending batch cannot be written, new mutations get UNAVAILABLE, not applied;
-    when storage returns the batch lands and the caller gets its original result."""
+    """When the pending batch cannot be written, its caller is answered UNAVAILABLE at the first
+    failed attempt (it does not wait for storage to come back) and new mutations get UNAVAILABLE,
+    not applied; the batch is retried, and once storage returns it lands: the caller's retry with
+    the same id gets the original result."""
     engine, storage, _ = await _engine(tmp_path)
     await engine.submit(_upsert("a"))
     await engine.submit(_grant("a", "g", 10))
     storage.failing = StorageUnavailable
     pending = asyncio.ensure_future(engine.submit(_charge("a", "c1", 3)))
-    for _ in range(100):
-        await asyncio.sleep(0.005)
-        if engine.storage_down:
-            break
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(pending, 5)
     assert engine.storage_down
     with pytest.raises(Unavailable):
         await engine.submit(_charge("a", "c2", 3))
-    assert not pending.done()
     storage.failing = None
-    result = await asyncio.wait_for(pending, 5)
-    assert result == (C.OK, C.DECISION_OK, 3, 7, 0, "")
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if not engine.storage_down:
+            break
     assert not engine.storage_down
+    result = await asyncio.wait_for(engine.submit(_charge("a", "c1", 3)), 5)
+    assert result == (C.OK, C.DECISION_OK, 3, 7, 0, "")
     # c2 was never applied: it can be charged now, once.
     assert (await engine.submit(_charge("a", "c2", 3)))[3] == 4
+    await engine.stop()
+
+
+async def test_an_outage_answers_the_write_in_flight_what_is_applied_behind_it_and_the_queue(tmp_path):
+    """Goal: when the write in flight fails for want of storage, its caller, the group applied
+    behind it and a call still queued are all answered UNAVAILABLE at once. After recovery the
+    applied ones (the write's, the group's) are on the books and replay to the same results;
+    the queued one was never applied, so its retry applies it, once."""
+    engine, storage, first = await _blocked_behind_a_write(tmp_path, eager=4, credit=1000, first_amount=1)
+    group = asyncio.ensure_future(engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(4)]))
+    await asyncio.sleep(0.01)
+    assert engine.ledger.has_charge("a", "b3"), "4 >= eager: applied behind the write"
+    queued = asyncio.ensure_future(engine.submit(_charge("a", "q", 1)))
+    await asyncio.sleep(0.01)
+    assert not engine.ledger.has_charge("a", "q"), "1 < eager: queued"
+    storage.failing = StorageUnavailable
+    storage.gate.set()
+    for call in (first, group, queued):
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(call, 5)
+    storage.failing = None
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if not engine.storage_down:
+            break
+    assert not engine.storage_down
+    assert (await engine.submit(_charge("a", "c0", 1)))[3] == 999  # the original result
+    replayed = await engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(4)])
+    assert [r[3] for r in replayed] == [998, 997, 996, 995]
+    assert (await engine.submit(_charge("a", "q", 1)))[3] == 994  # applied now, for the first time
     await engine.stop()
 
 

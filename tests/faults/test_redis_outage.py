@@ -156,6 +156,32 @@ async def test_idle_server_notices_a_redis_outage_without_traffic(redis_server, 
     await settle(server.target, book)
 
 
+async def test_a_call_in_flight_when_redis_stalls_is_answered_unavailable(redis_server, spawn):
+    """Goal: a charge whose write is caught by a Redis stall, sent with a long deadline, is
+    answered UNAVAILABLE / STORAGE_UNAVAILABLE once the write has timed out ([storage]
+    timeout_ms), while Redis is still frozen (it used to wait for Redis to come back, for ever
+    without a deadline). The write is retried meanwhile: after SIGCONT, the retry with the same
+    id gets the original result and the account is charged once."""
+    server = spawn(redis_server.url, lease_ttl_ms=30_000, timeout_ms=1_000)  # renewal every 10 s
+    await server.start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+        before = (await client.get_balance(ACCOUNTS[0])).available
+        redis_server.pause()
+        try:
+            with pytest.raises(QuotaError) as refused:
+                await asyncio.wait_for(client.charge(ACCOUNTS[0], charge_id="in-flight", amount=PRICE, timeout=60.0),
+                                       20)
+            assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        finally:
+            redis_server.resume()
+        await wait_health(server.target, SERVING, timeout_s=30, what="after SIGCONT")
+        retried = await client.charge(ACCOUNTS[0], charge_id="in-flight", amount=PRICE, timeout=30.0)
+        again = await client.charge(ACCOUNTS[0], charge_id="in-flight", amount=PRICE, timeout=30.0)
+        assert retried.ok and again == retried
+        assert (await client.get_balance(ACCOUNTS[0])).available == before - PRICE
+
+
 @pytest.mark.slow
 async def test_server_stops_when_redis_comes_back_without_its_data(tmp_path, spawn):
     """Goal: a Redis that keeps nothing on disk is SIGKILLed and restarted empty. The server

@@ -136,10 +136,11 @@ async def test_a_hold_that_expires_while_the_server_is_down_is_expired_after_res
 
 
 async def test_storage_outage_is_unavailable_and_the_pending_write_lands_when_it_is_back(tmp_path, manual_clock):
-    """Goal: while storage cannot persist, the batch in flight is retried (its caller waits), new
-    mutations are refused with UNAVAILABLE / STORAGE_UNAVAILABLE without being applied, and health
-    says NOT_SERVING; when storage is back the waiting call is acknowledged, health is SERVING again,
-    and the refused call retried with the same id succeeds once."""
+    """Goal: while storage cannot persist, the batch in flight is retried and its caller is
+    answered UNAVAILABLE / STORAGE_UNAVAILABLE (not acknowledged, and not left waiting), new
+    mutations are refused the same without being applied, and health says NOT_SERVING; when
+    storage is back the batch lands (the caller's retry gets the original result), health is
+    SERVING again, and the refused call retried with the same id succeeds once."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from quota_server.storage.base import StorageUnavailable
@@ -168,12 +169,13 @@ async def test_storage_outage_is_unavailable_and_the_pending_write_lands_when_it
         assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         await eventually(lambda: _is(status(), not_serving), what="health NOT_SERVING during the outage")
-        assert not waiting.done()
+        unacknowledged = await fails(asyncio.wait_for(waiting, 10))
+        assert (unacknowledged.code, unacknowledged.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
         storage.append = real_append
-        first = await asyncio.wait_for(waiting, 10)
+        await wait_until(lambda: not srv.engine.storage_down, what="storage to be back")
+        first = await srv.quota.Charge(pb.ChargeRequest(account_id="acct", charge_id="c1", amount=10))
         assert (first.decision, first.amount_charged, first.available_after) == (OK, 10, 90)
         assert len(failures) >= 1
-        await wait_until(lambda: not srv.engine.storage_down, what="storage to be back")
         await eventually(lambda: _is(status(), serving), what="health SERVING after the outage")
         retried = await srv.quota.Charge(pb.ChargeRequest(account_id="acct", charge_id="c2", amount=20))
         assert (retried.decision, retried.amount_charged, retried.available_after) == (OK, 20, 70)
