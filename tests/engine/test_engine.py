@@ -174,6 +174,15 @@ async def test_a_retry_of_an_op_still_being_written_waits_for_that_write(tmp_pat
     await engine.stop()
 
 
+async def _storage_back(engine: Engine) -> None:
+    """Wait (at most 2 s) for the retried write to land and the engine to leave storage_down."""
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if not engine.storage_down:
+            break
+    assert not engine.storage_down
+
+
 async def test_storage_outage_answers_unavailable_then_recovers(tmp_path):
     """When the pending batch cannot be written, its caller is answered UNAVAILABLE at the first
     failed attempt (it does not wait for storage to come back) and new mutations get UNAVAILABLE,
@@ -190,11 +199,7 @@ async def test_storage_outage_answers_unavailable_then_recovers(tmp_path):
     with pytest.raises(Unavailable):
         await engine.submit(_charge("a", "c2", 3))
     storage.failing = None
-    for _ in range(400):
-        await asyncio.sleep(0.005)
-        if not engine.storage_down:
-            break
-    assert not engine.storage_down
+    await _storage_back(engine)
     result = await asyncio.wait_for(engine.submit(_charge("a", "c1", 3)), 5)
     assert result == (C.OK, C.DECISION_OK, 3, 7, 0, "")
     # c2 was never applied: it can be charged now, once.
@@ -220,11 +225,7 @@ async def test_an_outage_answers_the_write_in_flight_what_is_applied_behind_it_a
         with pytest.raises(Unavailable):
             await asyncio.wait_for(call, 5)
     storage.failing = None
-    for _ in range(400):
-        await asyncio.sleep(0.005)
-        if not engine.storage_down:
-            break
-    assert not engine.storage_down
+    await _storage_back(engine)
     assert (await engine.submit(_charge("a", "c0", 1)))[3] == 999  # the original result
     replayed = await engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(4)])
     assert [r[3] for r in replayed] == [998, 997, 996, 995]
