@@ -24,6 +24,7 @@ from .validate import check_amount, check_id
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
 PAGE_BYTES_SLACK = 1024  # room left in a ListUsage reply for next_page_token and framing
+WATCH_POLL_S = 1.0
 
 
 def _records_that_fit(records: list, budget: int) -> int:
@@ -35,7 +36,6 @@ def _records_that_fit(records: list, budget: int) -> int:
         if used > budget:
             return n
     return len(records)
-WATCH_POLL_S = 1.0
 
 
 class AdminServicer(apb_grpc.AdminServiceServicer):
