@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections import defaultdict
 
@@ -36,6 +37,26 @@ def _records_that_fit(records: list, budget: int) -> int:
         if used > budget:
             return n
     return len(records)
+
+
+def _query_tag(account_id: str, from_ms: int, to_ms: int) -> str:
+    """What a ListUsage page token carries of its query, so that a token is refused with
+    another account or window (the proto: the other fields stay the same across pages)."""
+    return hashlib.sha256(f"{account_id}\0{from_ms}\0{to_ms}".encode()).hexdigest()[:12]
+
+
+def _page_cursor(token: str, query: str) -> str | None:
+    """The storage cursor in a page token of this query (None for the first page). A token
+    without a tag (issued before tokens carried one) is the storage cursor itself."""
+    if not token:
+        return None
+    cursor, sep, tag = token.rpartition("~")
+    if not sep:
+        return token
+    if tag != query or not cursor:
+        raise QuotaError("INVALID_ARGUMENT", "page_token belongs to another query: keep account_id, from_at_ms "
+                         "and to_at_ms as on the first page", metadata={"field": "page_token"})
+    return cursor
 
 
 class AdminServicer(apb_grpc.AdminServiceServicer):
@@ -175,17 +196,18 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             if request.page_size < 0:
                 raise QuotaError("INVALID_ARGUMENT", "page_size must be >= 0", metadata={"field": "page_size"})
             size = min(request.page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+            query = _query_tag(account_id, from_ms, to_ms)
+            after = _page_cursor(request.page_token, query)
             while True:
                 try:
-                    rows, cursor = await self.engine.storage.list_usage(
-                        account_id, from_ms, to_ms, size, request.page_token or None
-                    )
+                    rows, cursor = await self.engine.storage.list_usage(account_id, from_ms, to_ms, size, after)
                 except InvalidCursor:
                     raise QuotaError("INVALID_ARGUMENT", "bad page_token", metadata={"field": "page_token"}) from None
                 records = [_usage_record(row) for row in rows]
                 fit = _records_that_fit(records, self.max_message_bytes - PAGE_BYTES_SLACK)
                 if fit == len(records):
-                    return apb.ListUsageResponse(records=records, next_page_token=cursor or "")
+                    return apb.ListUsageResponse(records=records,
+                                                 next_page_token=f"{cursor}~{query}" if cursor else "")
                 if fit == 0:
                     raise QuotaError(
                         "RESPONSE_TOO_LARGE",

@@ -120,6 +120,26 @@ async def test_list_usage_pages_fit_in_max_message_bytes(server, server_config_d
     assert failure.metadata["field"] == "max_message_bytes"
 
 
+async def test_list_usage_page_token_is_refused_with_another_account_or_window(server):
+    """Goal: a page token only continues the query it came from: with another account_id or
+    another window it is INVALID_ARGUMENT naming page_token (it was accepted, and paged the other
+    query from an unrelated position); a different page_size is allowed."""
+    for account in ("acct", "other"):
+        await server.open_account(account, grant=100)
+        for i in range(3):
+            await server.quota.Charge(pb.ChargeRequest(account_id=account, charge_id=f"c{i}", amount=1))
+    first = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct", page_size=1))
+    token = first.next_page_token
+    assert token
+    for request in (apb.ListUsageRequest(account_id="other", page_token=token),
+                    apb.ListUsageRequest(account_id="acct", from_at_ms=1, page_token=token),
+                    apb.ListUsageRequest(account_id="acct", to_at_ms=10**15, page_token=token)):
+        failure = await fails(server.admin.ListUsage(request))
+        assert (failure.reason, failure.metadata.get("field")) == ("INVALID_ARGUMENT", "page_token"), request
+    rest = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct", page_size=10, page_token=token))
+    assert [r.charge_id for r in rest.records] == ["c1", "c2"] and rest.next_page_token == ""
+
+
 async def test_usage_summary_totals_per_action(server):
     """Goal: GetUsageSummary sums count, quantities, charged and uncharged per action (ordered by
     action) over the window."""
