@@ -32,6 +32,8 @@ from .storage.base import UsageRow
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+    bint PyLong_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object s)
     bint PyUnicode_IS_COMPACT_ASCII(object s)
     void* PyUnicode_DATA(object s)
@@ -45,9 +47,17 @@ cdef extern from *:
     static inline int qw_add_overflow(long long a, long long b, long long* out) {
         return __builtin_add_overflow(a, b, out);
     }
+    /* v as 8 bytes, least significant first, in one store on a little-endian machine. */
+    static inline void qw_put_le64(char* p, uint64_t v) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        memcpy(p, &v, 8);
+    }
     """
     bint qw_mul_overflow(long long a, long long b, long long* out) nogil
     bint qw_add_overflow(long long a, long long b, long long* out) nogil
+    void qw_put_le64(char* p, uint64_t v) nogil
 
 
 # ---------------------------------------------------------------------------------------- limits
@@ -268,15 +278,12 @@ cdef inline int canon_str_raw(Buf* b, const char* p, Py_ssize_t n) except -1:
 
 
 cdef inline int canon_i64(Buf* b, int64_t v) except -1:
-    cdef uint64_t u = <uint64_t>v
     cdef char* o
-    cdef int i
     if b.n + 9 > b.cap:
         buf_grow(b, 9)
     o = b.p + b.n
     o[0] = T_INT
-    for i in range(8):
-        o[1 + i] = <char>((u >> (8 * i)) & 0xff)
+    qw_put_le64(o + 1, <uint64_t>v)
     b.n += 9
     return 0
 
@@ -345,6 +352,23 @@ cdef inline int canon_begin(Buf* b, str domain) except -1:
     b.n = 0
     buf_put(b, b"QFP1", 4)
     return canon_value(b, domain)
+
+
+cdef bytes canon_prefix(str domain):
+    """What canon_begin writes for `domain`, for the fast path to copy (canon_begin_prefix)."""
+    canon_begin(&_canon, domain)
+    return PyBytes_FromStringAndSize(_canon.p, _canon.n)
+
+
+cdef inline int canon_begin_prefix(Buf* b, bytes prefix) except -1:
+    """canon_begin of the domain `prefix` was made from (canon_prefix)."""
+    b.n = 0
+    return buf_put(b, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+
+
+cdef bytes PREFIX_RESERVE = canon_prefix(DOMAIN_RESERVE)
+cdef bytes PREFIX_COMMIT = canon_prefix(DOMAIN_COMMIT)
+cdef bytes PREFIX_CHARGE = canon_prefix(DOMAIN_CHARGE)
 
 
 cdef inline int64_t canon_finish(Buf* b):
@@ -861,6 +885,13 @@ cdef bint json_plain(str s):
 
 cdef int json_value(Buf* b, object v) except -1:
     """json.dumps of an int, bool or str (the shapes of a usage row)."""
+    cdef int overflow = 0
+    cdef long long i
+    if PyLong_CheckExact(v):  # the amounts: read as int64 directly (bools are not exact ints)
+        i = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow:
+            return buf_int(b, i)
+        return buf_pystr_ascii(b, int.__repr__(v))
     if v is True:
         return buf_put(b, b"true", 4)
     if v is False:
@@ -1295,7 +1326,7 @@ cdef class WireCodec:
         account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
-        canon_begin(b, DOMAIN_RESERVE)
+        canon_begin_prefix(b, PREFIX_RESERVE)
         canon_i64(b, amount)
         canon_str_raw(b, <const char*>s.f[4].p, s.f[4].n)
         canon_raw_map(b, &self.qmap, 0)
@@ -1329,7 +1360,7 @@ cdef class WireCodec:
             return None
         account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
-        canon_begin(b, DOMAIN_COMMIT)
+        canon_begin_prefix(b, PREFIX_COMMIT)
         if s.f[3].present:
             canon_i64(b, amount)
         else:
@@ -1406,7 +1437,7 @@ cdef class WireCodec:
         account_id = self.account_str(&s.f[1])
         charge_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
-        canon_begin(b, DOMAIN_CHARGE)
+        canon_begin_prefix(b, PREFIX_CHARGE)
         canon_i64(b, amount)
         canon_str_raw(b, <const char*>s.f[4].p, s.f[4].n)
         canon_raw_map(b, &self.qmap, 0)
@@ -1892,9 +1923,6 @@ cdef class BatchWork:
 
 
 # ---------------------------------------------------------------------------------------- RESP
-
-cdef extern from "Python.h":
-    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
 
 
 cdef Py_ssize_t RESP_COPY_MAX = 1 << 20
