@@ -19,7 +19,8 @@ import uuid
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2
 
 from .admin import AdminServicer
@@ -128,10 +129,8 @@ class QuotaServer:
             self.admin, api
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        _enable_reflection(
+            server, SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME))
         try:
             if credentials is not None:
                 self.port = server.add_secure_port(self.config.server.listen, credentials)
@@ -211,6 +210,24 @@ class QuotaServer:
         await self.stopped.wait()
         if self.grpc_server is not None:
             await self.grpc_server.wait_for_termination()
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Server reflection under both names tools ask for: v1alpha (grpcio-reflection's) and v1,
+    which newer clients try first. The two protocols are the same messages under another
+    package, so the v1 method is the v1alpha servicer with the v1alpha (de)serializers."""
+    servicer = reflection_aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        ),
+    }),))
 
 
 def _read_pem(server_config, key: str) -> bytes:

@@ -28,3 +28,21 @@ async def test_reflection_lists_the_services(server):
     names = sorted(s.name for s in responses[0].list_services_response.service)
     assert names == sorted([*SERVICES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"])
     assert responses[1].file_descriptor_response.file_descriptor_proto  # at least one serialized file
+
+
+async def test_reflection_answers_under_the_v1_name_too(server):
+    """Goal: newer tools ask grpc.reflection.v1.ServerReflection first (it was UNIMPLEMENTED):
+    the same answers come under that name (the v1 messages are the v1alpha ones)."""
+    call = server.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="quota.v1.AdminService"),
+    ]
+    responses = [r async for r in call(iter(requests))]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert set(SERVICES) <= names
+    assert responses[1].file_descriptor_response.file_descriptor_proto
