@@ -90,6 +90,7 @@ class QuotaServer:
         self.admin: AdminServicer | None = None
         self.port = 0
         self.stopped = asyncio.Event()
+        self._stop_done = asyncio.Event()  # stop() has run to its end (lease released)
         self.exit_code = 0
 
     async def start(self) -> None:
@@ -193,23 +194,30 @@ class QuotaServer:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        if self._renewal_task is not None:
-            self._renewal_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._renewal_task
-        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.admin is not None:
-            await self.admin.close_streams()
-        if self.grpc_server is not None:
-            # Stop taking RPCs; the ones in flight finish (their ops get persisted) within grace.
-            await self.grpc_server.stop(self.config.server.grace_period_ms / 1000)
-        await self.engine.stop()
-        await self.storage.close()
+        try:
+            if self._renewal_task is not None:
+                self._renewal_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._renewal_task
+            await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self.admin is not None:
+                await self.admin.close_streams()
+            if self.grpc_server is not None:
+                # Stop taking RPCs; the ones in flight finish (their ops get persisted) within grace.
+                await self.grpc_server.stop(self.config.server.grace_period_ms / 1000)
+            await self.engine.stop()  # drains, then releases the lease
+            await self.storage.close()
+        finally:
+            self._stop_done.set()
 
     async def wait(self) -> None:
+        """Until stop() has finished: the gRPC server ends as soon as it stops taking calls,
+        before the engine has drained and released the lease, and returning then would let
+        asyncio.run cancel the rest of stop()."""
         await self.stopped.wait()
         if self.grpc_server is not None:
             await self.grpc_server.wait_for_termination()
+        await self._stop_done.wait()
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"

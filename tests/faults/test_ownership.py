@@ -174,3 +174,24 @@ async def test_a_stopped_owner_is_alive_and_not_taken_over(redis_server, spawn):
         first.send_signal(signal.SIGCONT)
     async with AsyncQuotaClient(first.target, retry=NO_RETRY) as client:
         assert (await client.charge(ACCOUNTS[0], charge_id="after-stop", amount=PRICE)).ok
+
+
+async def test_a_clean_stop_releases_the_lease(redis_server, spawn):
+    """Goal: SIGTERM releases the Redis lease before the process exits (ARCHITECTURE.md:
+    persist in-flight work, release the lease, exit 0), so a standby elsewhere takes over at
+    once. The process used to exit before its stop reached the release (asyncio.run cancelled
+    it once the gRPC server had terminated), leaving the lease to run out: the lease key was
+    still there with its whole TTL, and every restart on the host logged a take-over."""
+    server = spawn(redis_server.url)
+    for _ in range(2):
+        await server.start()
+        async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+            await client.upsert_account("acct", plan_id="prepaid")
+        server.send_signal(signal.SIGTERM)
+        assert await server.wait_exit() == 0, server.output()
+        client_r = aioredis.Redis.from_url(redis_server.url)
+        try:
+            assert await client_r.exists("quota:{q}:lease") == 0, await client_r.pttl("quota:{q}:lease")
+        finally:
+            await client_r.aclose()
+        assert "taking over" not in server.output(), server.output()
