@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import socket
 import time
 import uuid
@@ -256,7 +257,27 @@ def _server_credentials(server_config) -> grpc.ServerCredentials:
     cert = _read_pem(server_config, "tls_cert_file")
     key = _read_pem(server_config, "tls_key_file")
     ca = _read_pem(server_config, "tls_client_ca_file") if server_config.tls_client_ca_file else None
+    _check_tls_files(server_config)
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _check_tls_files(server_config) -> None:
+    """Load the files as OpenSSL will (gRPC itself only fails later, at bind time, naming the
+    listen address): a key that is not the certificate's, swapped files, or a client CA file
+    without a certificate is a StartupError naming the key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile=server_config.tls_cert_file, keyfile=server_config.tls_key_file)
+    except (ssl.SSLError, ValueError) as exc:
+        raise StartupError(
+            f"server.tls_cert_file / server.tls_key_file: {server_config.tls_cert_file!r} and "
+            f"{server_config.tls_key_file!r} are not a certificate and its private key ({exc})") from None
+    if server_config.tls_client_ca_file:
+        try:
+            context.load_verify_locations(cafile=server_config.tls_client_ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise StartupError(f"server.tls_client_ca_file: {server_config.tls_client_ca_file!r} holds no CA "
+                               f"certificate ({exc})") from None
 
 
 def _is_loopback(listen: str) -> bool:

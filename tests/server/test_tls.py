@@ -118,21 +118,30 @@ async def test_mutual_tls_requires_a_client_certificate_from_the_ca(server_confi
             assert await _serving(channel)
 
 
-@pytest.mark.parametrize("key, value, problem", [
-    ("tls_cert_file", "missing.pem", "server.tls_cert_file: cannot read"),
-    ("tls_key_file", "not-pem", "server.tls_key_file: "),
+@pytest.mark.parametrize("files, problem", [
+    ({"tls_cert_file": "missing.pem"}, "server.tls_cert_file: cannot read"),
+    ({"tls_key_file": "not-pem"}, "server.tls_key_file: "),
+    # PEM files that gRPC only refused at bind time, naming server.listen:
+    ({"tls_key_file": "client_key"}, "server.tls_cert_file / server.tls_key_file: .* not a certificate and its "
+                                     "private key"),
+    ({"tls_cert_file": "server_key", "tls_key_file": "server"}, "server.tls_cert_file / server.tls_key_file"),
+    ({"tls_client_ca_file": "server_key"}, "server.tls_client_ca_file: .* holds no CA certificate"),
 ])
-async def test_a_bad_tls_file_stops_the_server_naming_the_key(server_config_data, pki, tmp_path, key, value, problem):
-    """Goal: an unreadable or non-PEM file is a startup error that names the key; nothing is
-    opened (the store stays free for the next try)."""
+async def test_a_bad_tls_file_stops_the_server_naming_the_key(server_config_data, pki, tmp_path, files, problem):
+    """Goal: an unreadable or non-PEM file, a key that is not the certificate's, swapped cert
+    and key files, or a client CA file without a certificate is a startup error that names the
+    key; nothing is opened (the store stays free for the next try)."""
     (tmp_path / "not-pem").write_text("hello")
-    files = {"tls_cert_file": str(pki["server"]), "tls_key_file": str(pki["server_key"])}
-    files[key] = str(tmp_path / value)
+    paths = {"missing.pem": tmp_path / "missing.pem", "not-pem": tmp_path / "not-pem", "client_key": pki["client_key"],
+             "server_key": pki["server_key"], "server": pki["server"]}
+    files = {"tls_cert_file": str(pki["server"]), "tls_key_file": str(pki["server_key"]),
+             **{key: str(paths[name]) for key, name in files.items()}}
     server_config_data["server"].update(files)
     server = QuotaServer(build_config(server_config_data))
     with pytest.raises(StartupError, match=problem):
         await server.start()
     server_config_data["server"].update(tls_cert_file=str(pki["server"]), tls_key_file=str(pki["server_key"]))
+    server_config_data["server"].pop("tls_client_ca_file", None)
     again = QuotaServer(build_config(server_config_data))
     await again.start()
     await again.stop()
