@@ -719,7 +719,14 @@ class RedisStorage(Storage):
                 for key, value in (await client.config_get(name)).items():
                     cfg[str(key)] = str(value)
         except rex.ResponseError:
-            info = await self._call("info", client.info("persistence"))
+            try:
+                info = await client.info("persistence")
+            except rex.NoPermissionError:  # an ACL user without CONFIG and INFO (both @dangerous)
+                return (f"cannot check how Redis at {self.where} persists (its user may run neither CONFIG GET "
+                        "nor INFO): make sure it has appendonly yes, or acknowledged mutations may be lost "
+                        "when Redis restarts")
+            except (rex.RedisError, OSError, TimeoutError) as exc:
+                raise _map_error(exc, f"{self.where} info") from exc
             if not int(info.get("aof_enabled", 0)):
                 warnings.append(
                     f"Redis at {self.where} has AOF disabled (appendonly no) and CONFIG is not "

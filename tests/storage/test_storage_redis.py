@@ -194,6 +194,31 @@ async def test_durability_check_without_config_command(tmp_path: Path) -> None:
             assert "AOF disabled" in warning
 
 
+async def test_an_acl_user_without_config_or_info_opens_with_a_warning(tmp_path: Path) -> None:
+    """Goal: a Redis user that may run neither CONFIG nor INFO (both @dangerous) can still be
+    the server's user: the durability check warns that it cannot tell, instead of failing the
+    start with NOPERM; appends work."""
+    import redis as sync_redis
+
+    require_redis_server()
+    with RedisProcess(tmp_path / "acl") as server:
+        admin = sync_redis.Redis.from_url(server.url)
+        admin.acl_setuser("limited", enabled=True, passwords=["+limitedpassword1"], keys=["quota:*"],
+                          commands=["+@all", "-@dangerous"])
+        admin.close()
+        url = f"redis://limited:limitedpassword1@127.0.0.1:{server.port}/0"
+        store = RedisStorage(url, op_timeout_ms=OUTAGE_TIMEOUT_MS)
+        await store.open()
+        try:
+            warning = await store.check_durability()
+            assert warning is not None and "cannot check how Redis" in warning, warning
+            epoch = await store.acquire_lease("acl:1:x", 10_000)
+            await store.append(epoch, 1, b"record-1", [], [])
+            assert (await store.load()).records == [(1, b"record-1")]
+        finally:
+            await store.close()
+
+
 async def test_lost_usage_top_does_not_break_appends(opened) -> None:
     """If the usage_top hash is deleted, new usage ids still follow the stream's last id
     (an XADD failing half-way through the script would leave a partial batch)."""
