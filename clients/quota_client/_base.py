@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .errors import Denied
+from .errors import OVERLOADED_REASON, Denied, _error_info
 from .ops import Op
 from .retry import RetryPolicy
 
@@ -50,8 +50,13 @@ class ClientBase:
 
     def _retry_delay(self, error: grpc.RpcError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None when the failure is final."""
-        if not self._retry.should_retry(error.code(), attempt):  # type: ignore[attr-defined]
+        code = error.code()  # type: ignore[attr-defined]
+        if not self._retry.should_retry(code, attempt):
             return None
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            info = _error_info(error)
+            if info is None or info.reason != OVERLOADED_REASON:  # not overload: a message far too large
+                return None
         return self._retry.backoff_s(attempt, self._rand)
 
     def _watch_retry_delay(self, error: grpc.RpcError, attempt: int) -> float | None:

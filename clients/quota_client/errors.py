@@ -71,7 +71,9 @@ class PermissionDenied(QuotaError):
 
 
 class Overloaded(QuotaError):
-    """The server is overloaded (RESOURCE_EXHAUSTED); retry later with the same id."""
+    """RESOURCE_EXHAUSTED. With reason ``OVERLOADED`` the server's queue is full: retry later
+    with the same id (``retryable``). Without it, gRPC itself refused a message far above the
+    server's size limit: retrying cannot help (``retryable`` is False); split the Batch."""
 
     retryable = True
 
@@ -132,6 +134,7 @@ _BY_CODE: dict[grpc.StatusCode, type[QuotaError]] = {
     grpc.StatusCode.DATA_LOSS: Internal,
 }
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+OVERLOADED_REASON = "OVERLOADED"  # the only RESOURCE_EXHAUSTED worth retrying
 
 
 def from_status(
@@ -144,7 +147,10 @@ def from_status(
     if isinstance(code, int):
         code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     cls = _BY_CODE.get(code, QuotaError)
-    return cls(message, code=code, reason=reason, metadata=metadata)
+    error = cls(message, code=code, reason=reason, metadata=metadata)
+    if cls is Overloaded and reason != OVERLOADED_REASON:
+        error.retryable = False
+    return error
 
 
 def from_rpc_error(error: grpc.RpcError) -> QuotaError:

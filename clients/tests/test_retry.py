@@ -85,6 +85,19 @@ def test_overloaded_is_raised_as_overloaded(client: QuotaClient, server: Scripte
     assert caught.value.retryable and caught.value.reason == "OVERLOADED"
 
 
+def test_resource_exhausted_without_the_overloaded_reason_is_not_retried(
+    client: QuotaClient, server: ScriptedServer, sleeps: list[float]
+) -> None:
+    """RESOURCE_EXHAUSTED from gRPC itself (a message far above the server's limit: no
+    ErrorInfo) cannot succeed on a retry: one attempt, raised as a non-retryable Overloaded.
+    It used to be retried like the server's OVERLOADED."""
+    server.script("Check", Fail(grpc.StatusCode.RESOURCE_EXHAUSTED), pb.CheckResponse())
+    with pytest.raises(Overloaded) as caught:
+        client.check("acct-1", amount=1)
+    assert caught.value.reason == "" and not caught.value.retryable
+    assert len(server.requests("Check")) == 1 and sleeps == []
+
+
 @pytest.mark.parametrize(
     "code",
     [
