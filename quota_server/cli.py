@@ -607,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("quote", help="price an action from the catalog")
     p.add_argument("action")
-    p.add_argument("--account", help="the account the quote is for (must exist)")
+    p.add_argument("--account", help="the account the quote is for (only routes the call; it need not exist)")
     p.add_argument("-q", "--quantity", dest="quantities", action="append", type=_quantity, metavar="NAME=N")
     p.set_defaults(func=cmd_quote)
 

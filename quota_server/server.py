@@ -40,6 +40,7 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 LEASE_WAIT_POLL_S = 0.5
+LEASE_WAIT_LOG_EVERY = 60  # polls between "waiting" log lines (30 s)
 FAST_WIRE_ENV = "QUOTA_FAST_WIRE"  # "0" serves QuotaService through the generated (de)serializers only
 
 
@@ -153,7 +154,8 @@ class QuotaServer:
         self.engine.on_fatal = self._on_fatal
         self._renewal_task = asyncio.get_running_loop().create_task(self.renewal.run(), name="quota-renewal")
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving on %s (storage %s)", self.config.server.listen, self.config.storage.url.redacted())
+        tls = ("mutual TLS" if self.config.server.tls_client_ca_file else "TLS") if self.config.server.tls else "plaintext"
+        log.info("serving on %s (%s; storage %s)", self.config.server.listen, tls, self.config.storage.url.redacted())
 
     async def _close_storage_quietly(self) -> None:
         try:
@@ -162,6 +164,7 @@ class QuotaServer:
             log.debug("closing the storage after a failed start", exc_info=True)
 
     async def _start_engine(self) -> None:
+        waited = 0
         while True:
             try:
                 await self.engine.start()
@@ -173,7 +176,9 @@ class QuotaServer:
                         f"storage.url: the data is owned by another server ({exc}): it may still be serving, or it "
                         f"stopped on another host without releasing its lease, which then runs out within "
                         f"storage.lease_ttl_ms; set storage.on_lease_held = \"wait\" to wait for it") from None
-                log.info("lease held by another server; waiting")
+                waited += 1
+                if waited == 1 or waited % LEASE_WAIT_LOG_EVERY == 0:  # once, then now and then
+                    log.info("lease held by another server; waiting (%s)", exc)
                 await asyncio.sleep(LEASE_WAIT_POLL_S)
 
     async def _set_all(self, status) -> None:

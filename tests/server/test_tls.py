@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,10 +106,12 @@ async def test_tls_serves_tls_clients_only(server_config_data, pki):
             assert not await _serving(plain)
 
 
-async def test_mutual_tls_requires_a_client_certificate_from_the_ca(server_config_data, pki):
+async def test_mutual_tls_requires_a_client_certificate_from_the_ca(server_config_data, pki, caplog):
     """Goal: with tls_client_ca_file, only clients presenting a certificate signed by that CA
-    get through."""
+    get through; the startup line says mutual TLS (it read the same as plaintext)."""
+    caplog.set_level(logging.INFO, logger="quota.server")
     async with tls_server(server_config_data, pki, client_ca=True) as target:
+        assert "(mutual TLS; storage" in caplog.text, caplog.text
         anonymous = grpc.ssl_channel_credentials(root_certificates=pki["ca_bytes"])
         async with grpc.aio.secure_channel(target, anonymous) as channel:
             assert not await _serving(channel)
