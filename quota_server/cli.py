@@ -688,11 +688,26 @@ def _tls_credentials(args):
     )
 
 
+def _per_command_options(parser: argparse.ArgumentParser) -> None:
+    """Let every command take --json after its arguments too (`quotactl balance acme --json`),
+    and remember each command's own parser (its usage goes with its errors)."""
+    for action in parser._actions:  # noqa: SLF001 (argparse keeps subparsers only here)
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):  # noqa: SLF001
+                    _per_command_options(sub)
+                    continue
+                sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                 help="machine-readable JSON output (also before the command)")
+                sub.set_defaults(subparser=sub)
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
+    _per_command_options(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage message
@@ -712,7 +727,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         with client:
             return args.func(client, args, out)
     except UsageError as exc:
-        parser.print_usage(stderr)
+        getattr(args, "subparser", parser).print_usage(stderr)  # the command's usage, not quotactl's
         stderr.write(f"quotactl: error: {exc}\n")
         return EXIT_USAGE
     except QuotaError as exc:

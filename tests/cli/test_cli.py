@@ -495,9 +495,21 @@ def test_bad_arguments_exit_2(quotactl, argv):
     (["charge", "a1", "--amount", "1", "-l", "k=1", "-l", "k=2"], "label 'k' given twice"),
 ])
 def test_argument_errors_found_after_parsing_exit_2(quotactl, argv, message):
+    """Goal: exit 2 with the message, after the usage of the command at fault (it printed
+    quotactl's own usage)."""
     run = quotactl(*argv)
     assert run.code == 2
     assert run.stderr.endswith(f"quotactl: error: {message}\n")
+    assert run.stderr.startswith(f"usage: quotactl {' '.join(argv[:2] if argv[0] == 'usage' else argv[:1])} ")
+
+
+def test_json_is_accepted_after_the_command_too(quotactl, account):
+    """Goal: `quotactl balance ACCOUNT --json` works like `quotactl --json balance ACCOUNT` (it
+    was a usage error), for a nested command as well."""
+    quotactl.ok("account", "upsert", account, "--plan", "prepaid")
+    before = quotactl.json("balance", account)
+    assert quotactl.ok("balance", account, "--json").json() == before
+    assert quotactl.ok("account", "get", account, "--json").json()["account_id"] == account
 
 
 def test_unreachable_server_is_an_rpc_error():
