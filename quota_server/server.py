@@ -13,8 +13,8 @@ import gc
 import logging
 import os
 import signal
-import ssl
 import socket
+import ssl
 import time
 import uuid
 
@@ -128,9 +128,7 @@ class QuotaServer:
         add_quota_service(
             api, QuotaServicer(dataplane, max_batch_ops=self.config.server.max_batch_ops), fast_wire=self.fast_wire
         )
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            self.admin, api
-        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, api)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _enable_reflection(
             server, SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME))
