@@ -1051,10 +1051,10 @@ cdef class WireCodec:
     cdef tuple memo_meta
     cdef object last_account    # the account id str of the previous op (see account_str)
     cdef object last_action     # the action str of the previous op that named one (see action_str)
-    # The previous op's gate and price, for the next op of the same account and action: a
+    # The last gate and price looked up, for the next op of the same account and action: a
     # Batch is usually one account's ops of one action. Valid within one decode call (the
     # account index and catalogs do not change during it); `decode` and `decode_batch` reset
-    # them. memo_gate is None when unset or when the gate depended on the op's quantities.
+    # them (memo_gate None: unset). A gate that depends on the op's quantities is never kept.
     cdef object memo_account
     cdef object memo_action
     cdef tuple memo_gate
@@ -1923,7 +1923,6 @@ cdef class BatchWork:
 
 
 # ---------------------------------------------------------------------------------------- RESP
-
 
 cdef Py_ssize_t RESP_COPY_MAX = 1 << 20
 

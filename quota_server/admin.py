@@ -255,20 +255,16 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         try:
             if request.account_id:
                 check_id(request.account_id, "account_id")
-            if request.after_event_id:
-                try:
-                    after = int(request.after_event_id)
-                except ValueError:
-                    after = -1
+            position = request.after_event_id
+            after = -1
+            if position:
                 # Not a decimal event id, or beyond what this server's data has written: an id
                 # from another server's data (a stream resumed there would wait for ids that
                 # may never come, or skip events).
-                if not (request.after_event_id.isascii() and request.after_event_id.isdigit()) \
-                        or after > self._last_event_position():
+                if not (position.isascii() and position.isdigit()) or int(position) > self._last_event_position():
                     raise QuotaError("INVALID_ARGUMENT", "after_event_id must be an event id from this server",
-                                     metadata={"field": "after_event_id"}) from None
-            else:
-                after = -1
+                                     metadata={"field": "after_event_id"})
+                after = int(position)
         except QuotaError as exc:
             await abort_with(context, exc)
             return
