@@ -75,6 +75,7 @@ cdef enum:
     MAP_RAW_MAX = 64
 # Cached actions per plan / in the price cache; beyond this, compute without caching.
 cdef Py_ssize_t CACHE_ACTIONS_MAX = 4096
+cdef Py_ssize_t USAGE_BUF_KEEP = 4 << 20  # see WireCodec.usage_bufs_done
 
 cdef int OP_RESERVE = _C.OP_RESERVE
 cdef int OP_COMMIT = _C.OP_COMMIT
@@ -202,17 +203,26 @@ cdef inline uint64_t _le64(const uint8_t* p) noexcept nogil:
             | (<uint64_t>p[7] << 56))
 
 
-cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* m, Py_ssize_t n) noexcept nogil:
-    """SipHash-2-4 (Aumasson & Bernstein), 64-bit output."""
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t b = (<uint64_t>n) << 56
-    cdef uint64_t mi
-    cdef Py_ssize_t i, full = n - (n % 8)
+cdef struct SipState:
+    # SipHash's state after `absorbed` bytes (whole 8-byte blocks) of a message
+    uint64_t v0, v1, v2, v3
+    Py_ssize_t absorbed
+
+
+cdef inline void sip_init(SipState* s, uint64_t k0, uint64_t k1) noexcept nogil:
+    s.v0 = k0 ^ 0x736f6d6570736575ULL
+    s.v1 = k1 ^ 0x646f72616e646f6dULL
+    s.v2 = k0 ^ 0x6c7967656e657261ULL
+    s.v3 = k1 ^ 0x7465646279746573ULL
+    s.absorbed = 0
+
+
+cdef void sip_absorb(SipState* s, const uint8_t* m, Py_ssize_t nblocks) noexcept nogil:
+    """Absorb the next `nblocks` whole blocks of the message into `s`."""
+    cdef uint64_t v0 = s.v0, v1 = s.v1, v2 = s.v2, v3 = s.v3, mi
+    cdef Py_ssize_t i
     cdef int r
-    for i in range(0, full, 8):
+    for i in range(0, 8 * nblocks, 8):
         mi = _le64(m + i)
         v3 ^= mi
         for r in range(2):
@@ -221,6 +231,26 @@ cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* m, Py_ssize_t n
             v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
             v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
         v0 ^= mi
+    s.v0 = v0
+    s.v1 = v1
+    s.v2 = v2
+    s.v3 = v3
+    s.absorbed += 8 * nblocks
+
+
+cdef uint64_t sip_finish(const SipState* start, const uint8_t* m, Py_ssize_t n) noexcept nogil:
+    """SipHash-2-4 of the message whose first `start.absorbed` bytes `start` has absorbed and
+    whose other `n` bytes are `m` (`start` itself is left as it is)."""
+    cdef SipState s = start[0]
+    cdef Py_ssize_t i, full = n - (n % 8)
+    cdef uint64_t b = (<uint64_t>(start.absorbed + n)) << 56
+    cdef uint64_t v0, v1, v2, v3
+    cdef int r
+    sip_absorb(&s, m, full // 8)
+    v0 = s.v0
+    v1 = s.v1
+    v2 = s.v2
+    v3 = s.v3
     for i in range(n - full):
         b |= (<uint64_t>m[full + i]) << (8 * i)
     v3 ^= b
@@ -237,6 +267,13 @@ cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* m, Py_ssize_t n
         v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
         v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
     return v0 ^ v1 ^ v2 ^ v3
+
+
+cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* m, Py_ssize_t n) noexcept nogil:
+    """SipHash-2-4 (Aumasson & Bernstein), 64-bit output."""
+    cdef SipState s
+    sip_init(&s, k0, k1)
+    return sip_finish(&s, m, n)
 
 
 def siphash24_bytes(bytes key, bytes data):
@@ -348,31 +385,52 @@ cdef int canon_map(Buf* b, object mapping) except -1:
     return 0
 
 
+cdef SipState _canon_sip  # the SipHash state _canon's bytes follow (see canon_begin_prefix)
+
+
 cdef inline int canon_begin(Buf* b, str domain) except -1:
+    """Start the canonical encoding of a `domain` request in `b` (which is _canon)."""
+    sip_init(&_canon_sip, FP_K0, FP_K1)
     b.n = 0
     buf_put(b, b"QFP1", 4)
     return canon_value(b, domain)
 
 
-cdef bytes canon_prefix(str domain):
-    """What canon_begin writes for `domain`, for the fast path to copy (canon_begin_prefix)."""
+cdef struct CanonPrefix:
+    # What canon_begin writes for a domain, its whole 8-byte blocks already hashed: the state
+    # after them and the bytes after them (fewer than 8).
+    SipState state
+    char rest[8]
+    Py_ssize_t nrest
+
+
+cdef CanonPrefix canon_prefix(str domain) except *:
+    cdef CanonPrefix pre
     canon_begin(&_canon, domain)
-    return PyBytes_FromStringAndSize(_canon.p, _canon.n)
+    pre.state = _canon_sip
+    sip_absorb(&pre.state, <const uint8_t*>_canon.p, _canon.n // 8)
+    pre.nrest = _canon.n - pre.state.absorbed
+    memcpy(pre.rest, _canon.p + pre.state.absorbed, pre.nrest)
+    return pre
 
 
-cdef inline int canon_begin_prefix(Buf* b, bytes prefix) except -1:
-    """canon_begin of the domain `prefix` was made from (canon_prefix)."""
+cdef inline int canon_begin_prefix(Buf* b, const CanonPrefix* pre) except -1:
+    """canon_begin of the domain `pre` was made from (canon_prefix), in `b` (which is _canon),
+    without hashing its whole blocks again: the fingerprint is the same."""
+    global _canon_sip
+    _canon_sip = pre.state
     b.n = 0
-    return buf_put(b, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+    return buf_put(b, pre.rest, pre.nrest)
 
 
-cdef bytes PREFIX_RESERVE = canon_prefix(DOMAIN_RESERVE)
-cdef bytes PREFIX_COMMIT = canon_prefix(DOMAIN_COMMIT)
-cdef bytes PREFIX_CHARGE = canon_prefix(DOMAIN_CHARGE)
+cdef CanonPrefix PREFIX_RESERVE = canon_prefix(DOMAIN_RESERVE)
+cdef CanonPrefix PREFIX_COMMIT = canon_prefix(DOMAIN_COMMIT)
+cdef CanonPrefix PREFIX_CHARGE = canon_prefix(DOMAIN_CHARGE)
 
 
 cdef inline int64_t canon_finish(Buf* b):
-    return <int64_t>siphash24(FP_K0, FP_K1, <const uint8_t*>b.p, b.n)
+    """The fingerprint of the canonical encoding in `b` (which is _canon)."""
+    return <int64_t>sip_finish(&_canon_sip, <const uint8_t*>b.p, b.n)
 
 
 def fingerprint(str domain, *parts):
@@ -1064,6 +1122,12 @@ cdef class WireCodec:
     cdef RawMap qmap
     cdef RawMap lmap
     cdef Buf tmp                # scratch for meta and usage JSON (used without calls back to Python)
+    # BatchWork.derive_into's per-account usage chunks: kept from one call to the next (only
+    # their lengths are reset), so a Batch's chunk does not regrow from nothing every time.
+    cdef Buf* ubufs
+    cdef Py_ssize_t nubufs      # allocated entries of ubufs (each a Buf, maybe still empty)
+    cdef bint deriving
+    cdef object derived         # the derive of the op decode_kind returned last (None: none)
 
     def __init__(self, *, accounts, plans, prices, engine, hold_ttl_ms, hold_ttl_max_ms, meta_fn, decode_meta,
                  credit_events):
@@ -1082,7 +1146,38 @@ cdef class WireCodec:
         self.meta_cache = {}
 
     def __dealloc__(self):
+        cdef Py_ssize_t k
         PyMem_Free(self.tmp.p)
+        for k in range(self.nubufs):
+            PyMem_Free(self.ubufs[k].p)
+        PyMem_Free(self.ubufs)
+
+    cdef Buf* usage_buf(self, Py_ssize_t k) except NULL:
+        """Make usage chunk buffer `k` (the next one a derive takes) exist and empty; returns
+        the buffers (which this may move)."""
+        cdef Py_ssize_t cap
+        cdef Buf* bufs
+        if k == self.nubufs:
+            cap = k * 2 + 4
+            bufs = <Buf*>PyMem_Realloc(self.ubufs, cap * sizeof(Buf))
+            if bufs == NULL:
+                raise MemoryError()
+            memset(bufs + k, 0, (cap - k) * sizeof(Buf))
+            self.ubufs = bufs
+            self.nubufs = cap
+        self.ubufs[k].n = 0
+        return self.ubufs
+
+    cdef void usage_bufs_done(self, Py_ssize_t used) noexcept:
+        """After a derive that used the first `used` chunk buffers: keep them for the next one,
+        except any that grew past USAGE_BUF_KEEP bytes (a rare huge flush's memory is given back)."""
+        cdef Py_ssize_t k
+        for k in range(used):
+            self.ubufs[k].n = 0
+            if self.ubufs[k].cap > USAGE_BUF_KEEP:
+                PyMem_Free(self.ubufs[k].p)
+                self.ubufs[k].p = NULL
+                self.ubufs[k].cap = 0
 
     # -------------------------------------------------------------- lookups shared by the kinds
 
@@ -1326,7 +1421,7 @@ cdef class WireCodec:
         account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
-        canon_begin_prefix(b, PREFIX_RESERVE)
+        canon_begin_prefix(b, &PREFIX_RESERVE)
         canon_i64(b, amount)
         canon_str_raw(b, <const char*>s.f[4].p, s.f[4].n)
         canon_raw_map(b, &self.qmap, 0)
@@ -1339,8 +1434,8 @@ cdef class WireCodec:
         meta = self.meta_with_labels(pi, &self.lmap) if self.lmap.n else pi.meta_plain
         if meta is None:
             return None  # labels too large: the Python path refuses the request
-        return ((OP_RESERVE, account_id, reservation_id, fp, price, allow_partial, min_amount, ttl_ns, on_expire,
-                 allowed, buckets, meta), None)
+        return (OP_RESERVE, account_id, reservation_id, fp, price, allow_partial, min_amount, ttl_ns, on_expire,
+                allowed, buckets, meta)
 
     cdef object commit(self, const uint8_t* p, Py_ssize_t n):
         cdef Scan* s = &self.scan
@@ -1360,7 +1455,7 @@ cdef class WireCodec:
             return None
         account_id = self.account_str(&s.f[1])
         reservation_id = id_str(&s.f[2])
-        canon_begin_prefix(b, PREFIX_COMMIT)
+        canon_begin_prefix(b, &PREFIX_COMMIT)
         if s.f[3].present:
             canon_i64(b, amount)
         else:
@@ -1374,7 +1469,8 @@ cdef class WireCodec:
         usage.account_id = account_id
         usage.item_id = reservation_id
         usage.labels = raw_dict(&self.lmap, 1) if self.lmap.n else None
-        return ((OP_COMMIT, account_id, reservation_id, fp, amount if s.f[3].present else -1, ()), usage)
+        self.derived = usage
+        return (OP_COMMIT, account_id, reservation_id, fp, amount if s.f[3].present else -1, ())
 
     cdef object release(self, const uint8_t* p, Py_ssize_t n):
         cdef Scan* s = &self.scan
@@ -1382,7 +1478,7 @@ cdef class WireCodec:
             return None
         if not (valid_id(s.f[1].p, s.f[1].n) and valid_id(s.f[2].p, s.f[2].n)):
             return None
-        return ((OP_RELEASE, self.account_str(&s.f[1]), id_str(&s.f[2])), None)
+        return (OP_RELEASE, self.account_str(&s.f[1]), id_str(&s.f[2]))
 
     cdef object extend(self, const uint8_t* p, Py_ssize_t n):
         cdef Scan* s = &self.scan
@@ -1401,7 +1497,7 @@ cdef class WireCodec:
         entry = self.account(account_id)
         if entry is not None and (<tuple>entry)[1] == ACCOUNT_SUSPENDED:
             return None  # DataPlane._extend_suspended may answer it without the core
-        return ((OP_EXTEND, account_id, id_str(&s.f[2]), hold_total, ttl_ns), None)
+        return (OP_EXTEND, account_id, id_str(&s.f[2]), hold_total, ttl_ns)
 
     cdef object charge(self, const uint8_t* p, Py_ssize_t n):
         cdef Scan* s = &self.scan
@@ -1437,7 +1533,7 @@ cdef class WireCodec:
         account_id = self.account_str(&s.f[1])
         charge_id = id_str(&s.f[2])
         allowed, buckets = self.gate(account_id, action, &self.qmap)
-        canon_begin_prefix(b, PREFIX_CHARGE)
+        canon_begin_prefix(b, &PREFIX_CHARGE)
         canon_i64(b, amount)
         canon_str_raw(b, <const char*>s.f[4].p, s.f[4].n)
         canon_raw_map(b, &self.qmap, 0)
@@ -1451,9 +1547,13 @@ cdef class WireCodec:
         usage.action = action
         usage.quantities_json = self.json_members(&self.qmap, 0)
         usage.labels_json = self.json_members(&self.lmap, 1)
-        return ((OP_CHARGE, account_id, charge_id, fp, price, allowed, buckets), usage)
+        self.derived = usage
+        return (OP_CHARGE, account_id, charge_id, fp, price, allowed, buckets)
 
     cdef object decode_kind(self, int kind, const uint8_t* p, Py_ssize_t n):
+        """The core op of one request of `kind`, its derive (or None) left in `derived`; None:
+        punt (to the Python path)."""
+        self.derived = None
         if kind == K_RESERVE:
             return self.reserve(p, n)
         if kind == K_COMMIT:
@@ -1470,7 +1570,11 @@ cdef class WireCodec:
         """(op, derive) for one unary request of `kind` (BatchOp field number), or None: punt."""
         self.accounts.sync()
         self.forget_memos()
-        return self.decode_kind(kind, <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        op = self.decode_kind(kind, <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if op is None:
+            return None
+        derive, self.derived = self.derived, None
+        return op, derive
 
     def decode_batch(self, bytes data, Py_ssize_t max_ops):
         """A BatchWork for a BatchRequest, or None to run the whole request on the Python path
@@ -1509,6 +1613,7 @@ cdef class WireCodec:
         if work.kinds == NULL or work.offs == NULL:
             raise MemoryError()
         work.entries = [None] * count
+        work.derives = [None] * count
         work.slow = []
         # Pass 2: each op.
         q = p
@@ -1529,6 +1634,9 @@ cdef class WireCodec:
             else:
                 work.kinds[i] = kind
                 work.entries[i] = decoded
+                if self.derived is not None:
+                    work.derives[i] = self.derived
+                    self.derived = None
             i += 1
         return work
 
@@ -1747,14 +1855,15 @@ cdef int put_result(Buf* out, uint8_t field, Buf* sub) except -1:
 @cython.final
 @cython.no_gc  # holds bytes, ints, str and _Usage objects: no cycles
 cdef class BatchWork:
-    """One decoded BatchRequest: per op, either a fast-path (op, derive) or a slot the Python
+    """One decoded BatchRequest: per op, either a fast-path op and its derive or a slot the Python
     path fills (`slow` lists those indices; `raw(i)` is the BatchOp's bytes)."""
     cdef WireCodec codec
     cdef bytes data
     cdef readonly Py_ssize_t n
     cdef uint8_t* kinds
     cdef Py_ssize_t* offs
-    cdef list entries           # fast: (op, derive); slow: what the Python path put there
+    cdef list entries           # fast: the op; slow: what the Python path put there
+    cdef list derives           # fast: the op's derive (or None)
     cdef readonly list slow     # indices of the ops the Python path answers
     cdef list submitted         # slow: per index, True if its entry went to the engine
 
@@ -1778,17 +1887,14 @@ cdef class BatchWork:
     def submit_items(self):
         """The (op, derive) items for Engine.submit_many, in op order."""
         cdef Py_ssize_t i
-        cdef list items
-        if not self.slow:
-            return list(self.entries)
-        items = []
+        cdef list items = []
         for i in range(self.n):
             entry = self.entries[i]
             if self.kinds[i] == K_SLOW:
                 if entry is not None and (<tuple>entry)[1] is not None:
                     items.append((<tuple>entry)[1])
             else:
-                items.append(entry)
+                items.append((entry, self.derives[i]))
         return items
 
     def ops(self):
@@ -1796,7 +1902,7 @@ cdef class BatchWork:
         cdef Py_ssize_t i
         if self.slow:
             raise ValueError("a batch with slow ops goes through submit_items")
-        return [(<tuple>self.entries[i])[0] for i in range(self.n)]
+        return list(self.entries)
 
     def derive_into(self, list results, Py_ssize_t start, replayed, now_ms, list usage, list events,
                     list packed):
@@ -1807,21 +1913,22 @@ cdef class BatchWork:
         `replayed` are replays (they derive nothing). `usage` is not used: every record of a
         fast-path op goes into a chunk."""
         cdef Py_ssize_t i, k, mark
-        cdef tuple entry
         cdef object derive, r
         cdef _Usage u
         cdef dict slot_of = {}  # account id -> index in bufs
         cdef list accounts = []
         cdef list counts = []
-        cdef Buf* bufs = NULL
+        cdef WireCodec c = self.codec
         cdef Buf* b
-        cdef Py_ssize_t nbufs = 0, cap = 0
+        cdef Py_ssize_t nbufs = 0
         cdef uint32_t size
-        self.codec.bind_ledger()
+        if c.deriving:
+            raise RuntimeError("derive_into is not reentrant")
+        c.deriving = True
         try:
+            c.bind_ledger()
             for i in range(self.n):
-                entry = <tuple>self.entries[i]
-                derive = entry[1]
+                derive = self.derives[i]
                 if derive is None:
                     continue
                 r = results[start + i]
@@ -1830,15 +1937,7 @@ cdef class BatchWork:
                 u = <_Usage>derive
                 hit = slot_of.get(u.account_id)
                 if hit is None:
-                    if nbufs == cap:
-                        cap = cap * 2 + 4
-                        b = <Buf*>PyMem_Realloc(bufs, cap * sizeof(Buf))
-                        if b == NULL:
-                            raise MemoryError()
-                        bufs = b
-                    bufs[nbufs].p = NULL
-                    bufs[nbufs].n = 0
-                    bufs[nbufs].cap = 0
+                    c.usage_buf(nbufs)
                     slot_of[u.account_id] = nbufs
                     accounts.append(u.account_id)
                     counts.append(0)
@@ -1846,7 +1945,7 @@ cdef class BatchWork:
                     nbufs += 1
                 else:
                     k = <Py_ssize_t>hit
-                b = &bufs[k]
+                b = &c.ubufs[k]
                 mark = b.n
                 buf_u32le(b, 0)  # the record's length, filled in below (pack_payloads' format)
                 if not u.write_json(b, r, events):
@@ -1861,16 +1960,15 @@ cdef class BatchWork:
             for k in range(nbufs):
                 if counts[k] == 0:
                     continue
-                b = &bufs[k]
+                b = &c.ubufs[k]
                 if counts[k] == 1:  # a single record is stored as itself (pack_payloads)
                     blob = PyBytes_FromStringAndSize(b.p + 4, b.n - 4)
                 else:
                     blob = PyBytes_FromStringAndSize(b.p, b.n)
                 packed.append((accounts[k], now_ms, counts[k], blob))
         finally:
-            for k in range(nbufs):
-                PyMem_Free(bufs[k].p)
-            PyMem_Free(bufs)
+            c.usage_bufs_done(nbufs)
+            c.deriving = False
 
     def encode(self, list results, answer):
         """The BatchResponse bytes. `results` are the engine's, in submit_items order;
@@ -1908,7 +2006,7 @@ cdef class BatchWork:
                 j += 1
                 sub.n = 0
                 try:
-                    encode_response(&sub, kind, (<tuple>entry)[0], result)
+                    encode_response(&sub, kind, entry, result)
                 except QuotaError as exc:
                     sub.n = 0
                     encode_error(&sub, exc)

@@ -163,3 +163,38 @@ def test_an_all_fast_batch_is_derived_as_a_group(config, snapshot):
     assert fast == slow
     assert [d for _, d in fast_ops] == ["group"] * 5
     assert len(fast_engine.usage) == 5 and fast_engine.usage == slow_engine.usage
+
+
+def test_usage_chunks_of_consecutive_batches_do_not_mix(config, snapshot):
+    """Goal: the group deriver keeps its usage buffers from one Batch to the next; a big Batch
+    on two accounts followed by a small one on one account derives, Batch by Batch, exactly the
+    rows the Python path derives (nothing of the first Batch's chunks left over in the second)."""
+    def charges(account_id, prefix, n, label):
+        return [pb.BatchOp(charge=pb.ChargeRequest(account_id=account_id, charge_id=f"{prefix}-{i}",
+                                                   action="image.generate", labels={"k": label}))
+                for i in range(n)]
+
+    batches = [
+        pb.BatchRequest(ops=charges("acct-free", "a", 6, "x" * 40) + charges("acct-payg", "b", 4, "y" * 30)),
+        pb.BatchRequest(ops=charges("acct-payg", "c", 1, "z")),
+        pb.BatchRequest(ops=charges("acct-free", "d", 2, "w")),
+    ]
+    rows = []
+    for fast in (False, True):
+        dp, engine = dataplane_on(snapshot, config)
+        loop = asyncio.new_event_loop()
+        per_batch = []
+        try:
+            for request in batches:
+                before = len(engine.usage)
+                if fast:
+                    loop.run_until_complete(run_batch_wire(dp, request.SerializeToString(), MAX_BATCH_OPS))
+                else:
+                    loop.run_until_complete(run_batch(dp, request))
+                per_batch.append(engine.usage[before:])
+        finally:
+            loop.close()
+        rows.append(per_batch)
+    slow, fast = rows
+    assert len(fast[0]) >= 8 and all(fast), [len(b) for b in fast]  # most ops charged, in every Batch
+    assert fast == slow
