@@ -64,6 +64,7 @@ cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out) noexc
     Anything unexpected: do nothing, NULL."""
     cdef PyObject* a
     cdef int64_t c
+    cdef uint64_t h
     cdef uint8_t kind
     cdef object aid, rid
     if not PyTuple_CheckExact(op) or PyTuple_GET_SIZE(op) < 3:
@@ -84,7 +85,10 @@ cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out) noexc
     a = acct_find(&L.accts, aid)
     if a == NULL:
         return NULL
-    fl_prefetch(&L.recs.slots[rec_hash(<Account>a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid)) & L.recs.mask])
+    h = rec_hash(<Account>a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid))
+    fl_prefetch(&L.recs.slots[h & L.recs.mask])
+    if L.recs.old != NULL:          # growing: a new id's lookup probes the old slots too
+        fl_prefetch(&L.recs.old[h & L.recs.old_mask])
     aid_out[0] = <PyObject*>aid
     return a
 

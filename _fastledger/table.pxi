@@ -45,6 +45,8 @@ cdef enum:
     # previous slots (whole clusters) into the new ones: done after (old capacity / 8) inserts,
     # long before the new table is half full (old capacity / 2 more inserts).
     DRAIN_SLOTS = 8
+    DRAIN_PENDING = 32          # records table_drain prefetches before placing them
+    DRAIN_PREFETCH = 16         # old slots after a drain step whose records it prefetches
 
 
 cdef int table_init(Table* t, size_t cap) except -1:
@@ -141,26 +143,53 @@ cdef void table_drain(Table* t, size_t budget) noexcept:
     (lookups and removals still go there), and a record's probe from its home never crosses an
     empty slot. Draining starts just after an empty slot and each step ends just after one, so
     no record left behind has its home in the emptied part. Removals there (backward shift)
-    move records only within their own cluster, all of it still ahead of `drain_at`."""
+    move records only within their own cluster, all of it still ahead of `drain_at`.
+
+    Placing a record reads its hash from the record, a memory miss on a table larger than the
+    caches; so the records of a step are prefetched together (their misses overlap instead of
+    adding up), and so are those the next step will move (they load while the ops in between
+    run)."""
     cdef uint64_t* old = t.old
     cdef size_t i = t.drain_at
-    cdef size_t done = 0
+    cdef size_t done = 0, npend = 0, k
     cdef uint64_t s
+    cdef uint64_t pend[DRAIN_PENDING]
     while t.drain_left:
         s = old[i]
         if s != 0:
             old[i] = 0
-            table_place(t, s)
+            fl_prefetch(slot_rec(s))
+            pend[npend] = s
+            npend += 1
+            if npend == DRAIN_PENDING:
+                table_place_all(t, pend, npend)
+                npend = 0
         i = (i + 1) & t.old_mask
         t.drain_left -= 1
         done += 1
         if s == 0 and done >= budget:
             break
+    table_place_all(t, pend, npend)
     t.drain_at = i
     if t.drain_left == 0:
         PyMem_Free(old)
         t.old = NULL
         t.old_mask = 0
+        return
+    for k in range(DRAIN_PREFETCH):
+        s = old[(i + k) & t.old_mask]
+        if s != 0:
+            fl_prefetch(slot_rec(s))
+
+
+cdef inline void table_place_all(Table* t, uint64_t* pend, size_t n) noexcept:
+    """table_place each of `pend[:n]` (records already prefetched), their first probed slots
+    prefetched first."""
+    cdef size_t k
+    for k in range(n):
+        fl_prefetch(&t.slots[slot_rec(pend[k]).hash & t.mask])
+    for k in range(n):
+        table_place(t, pend[k])
 
 
 cdef int table_grow(Table* t) except -1:
