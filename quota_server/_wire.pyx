@@ -1152,9 +1152,9 @@ cdef class WireCodec:
             PyMem_Free(self.ubufs[k].p)
         PyMem_Free(self.ubufs)
 
-    cdef Buf* usage_buf(self, Py_ssize_t k) except NULL:
-        """Make usage chunk buffer `k` (the next one a derive takes) exist and empty; returns
-        the buffers (which this may move)."""
+    cdef int usage_buf(self, Py_ssize_t k) except -1:
+        """Make usage chunk buffer `k` (the next one a derive takes) exist and empty (this may
+        move `ubufs`: hold no pointer into it across the call)."""
         cdef Py_ssize_t cap
         cdef Buf* bufs
         if k == self.nubufs:
@@ -1166,7 +1166,7 @@ cdef class WireCodec:
             self.ubufs = bufs
             self.nubufs = cap
         self.ubufs[k].n = 0
-        return self.ubufs
+        return 0
 
     cdef void usage_bufs_done(self, Py_ssize_t used) noexcept:
         """After a derive that used the first `used` chunk buffers: keep them for the next one,
@@ -1899,7 +1899,6 @@ cdef class BatchWork:
 
     def ops(self):
         """The core ops of a batch with no slow op (see `derive_into`), in op order."""
-        cdef Py_ssize_t i
         if self.slow:
             raise ValueError("a batch with slow ops goes through submit_items")
         return list(self.entries)
@@ -1915,7 +1914,7 @@ cdef class BatchWork:
         cdef Py_ssize_t i, k, mark
         cdef object derive, r
         cdef _Usage u
-        cdef dict slot_of = {}  # account id -> index in bufs
+        cdef dict slot_of = {}  # account id -> index in the codec's usage buffers (ubufs)
         cdef list accounts = []
         cdef list counts = []
         cdef WireCodec c = self.codec
