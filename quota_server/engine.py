@@ -159,9 +159,11 @@ class Engine:
         self.on_health_change: Callable[[bool], None] | None = None
         # Turns the holds that expired in a flush into usage rows and events (set by the server).
         self.derive_expired: Callable[[list, int], tuple[list[UsageRow], list]] | None = None
-        # Called after each batch is applied with the accounts that recorded usage in it; returns
-        # more events for the same write (notify.Thresholds).
-        self.observe: Callable[[set[str], int], list[tuple[str, str, dict]]] | None = None
+        # Threshold notifications (notify.Thresholds): called after each batch is applied with
+        # the accounts that recorded usage in it, it returns more events for the same write; its
+        # `low` (accounts announced low) and `rearm(accounts, now_ms)` let the batch's other ops
+        # arm `balance.low` again.
+        self.observe: Any = None
         self.on_fatal: Callable[[BaseException], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -476,6 +478,17 @@ class Engine:
                 event_specs.extend(observe(touched, now_ms))
             except Exception:  # noqa: BLE001 - notifications must never stop the write path
                 log.exception("threshold notifications failed for this batch (its writes go on)")
+        if observe is not None and observe.low:
+            # Accounts announced low whose other ops (a grant, a release, an expiry, a new credit
+            # limit) may have lifted them back above their threshold: armed again if so.
+            low = observe.low
+            lifted = {op[1] for item in batch for op in item.ops if op[1] in low}
+            lifted.update(entry[0] for entry in expired if entry[0] in low)
+            if lifted:
+                try:
+                    observe.rearm(lifted, now_ms)
+                except Exception:  # noqa: BLE001 - as above
+                    log.exception("threshold notifications failed for this batch (its writes go on)")
         if event_specs:
             flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
         return flush

@@ -7,7 +7,9 @@ it (a commit, a charge, a hold committed at expiry). For each one whose plan ask
   `included:<plan>:<period start ms>`) become 50, 80 or 100 % used: one event per threshold
   crossed, attributes `percent`, `included`, `used`, `period_start_at_ms`;
 - `balance.low` when `available` falls to the plan's `low_balance` or below (from above it):
-  attributes `available`, `threshold`; it is armed again once `available` is back above.
+  attributes `available`, `threshold`; it is armed again once `available` is back above, seen
+  after any batch with an op of the account (a grant, a release, a hold's expiry, a raised
+  credit limit, as well as usage). What a batch does is judged once, after the whole batch.
 
 The events go out with the batch's own write, like every other event. What has been announced
 is kept in memory only, so after a restart a threshold already reached may be announced again
@@ -35,7 +37,7 @@ class Thresholds:
         # Whether any plan asks for these events (the server installs the hook only then).
         self.active = any(plans[name].included_credits > 0 or plans[name].low_balance > 0 for name in plans)
         self._announced: dict[str, tuple[int, int]] = {}  # account -> (period start, highest percent)
-        self._low: set[str] = set()  # accounts announced low and not above their threshold since
+        self.low: set[str] = set()  # accounts announced low and not above their threshold since
 
     def __call__(self, touched: set[str], now_ms: int) -> list[tuple[str, str, dict[str, str]]]:
         events: list[tuple[str, str, dict[str, str]]] = []
@@ -56,12 +58,23 @@ class Thresholds:
                 view = ledger.account_view(account_id, now_ns)
                 available = view["available"] if view is not None else None
                 if available is None or available > plan.low_balance:
-                    self._low.discard(account_id)
-                elif account_id not in self._low:
-                    self._low.add(account_id)
+                    self.low.discard(account_id)
+                elif account_id not in self.low:
+                    self.low.add(account_id)
                     events.append(("balance.low", account_id,
                                    {"available": str(available), "threshold": str(plan.low_balance)}))
         return events
+
+    def rearm(self, account_ids: set[str], now_ms: int) -> None:
+        """Arm `balance.low` again for those of `account_ids` (accounts announced low) whose
+        `available` is back above their plan's threshold."""
+        ledger = self.engine.ledger
+        for account_id in account_ids:
+            entry = self.accounts.lookup(account_id)
+            plan = self.plans.get(entry[0]) if entry is not None else None
+            view = ledger.account_view(account_id, now_ms * NS_PER_MS)
+            if plan is None or plan.low_balance <= 0 or view is None or view["available"] > plan.low_balance:
+                self.low.discard(account_id)
 
     def _included(self, ledger: Any, account_id: str, plan: Any, start: int, events: list) -> None:
         used = included_used(ledger, account_id, plan, start)

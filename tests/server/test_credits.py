@@ -244,6 +244,38 @@ async def test_get_balance_reports_limits_state(server):
         ("input_tokens_per_minute", 5_000, 5_000, 0), ("requests_per_minute", 9, 10, 45_000)]
 
 
+async def test_balance_low_is_armed_again_by_a_top_up(server_config_data, manual_clock):
+    """Goal: a grant that lifts available back above low_balance arms balance.low again, so
+    the next charge that takes it down to the threshold announces it again (a top-up followed by
+    spending, with no usage in between that would have seen the account above)."""
+    server_config_data["plans"]["topup"] = {"low_balance": 100}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("t-1", "topup")
+        await srv.admin.Grant(apb.GrantRequest(account_id="t-1", grant_id="g0", amount=1000))
+
+        async def charge(cid: str, amount: int) -> None:
+            r = await srv.quota.Charge(pb.ChargeRequest(account_id="t-1", charge_id=cid, amount=amount))
+            assert r.decision == OK
+
+        async def lows() -> list[str]:
+            events = await srv.server.storage.read_events(0, 1000, "t-1")
+            return [json.loads(e.payload)["available"] for e in events if e.type == "balance.low"]
+
+        await charge("a", 950)                                   # available 50: low
+        assert await lows() == ["50"]
+        await srv.admin.Grant(apb.GrantRequest(account_id="t-1", grant_id="g1", amount=500))  # 550
+        await charge("b", 500)                                   # 50 again: low again
+        assert await lows() == ["50", "50"]
+        await srv.quota.Reserve(pb.ReserveRequest(account_id="t-1", reservation_id="r", amount=20))
+        await srv.quota.Release(pb.ReleaseRequest(account_id="t-1", reservation_id="r"))
+        await charge("c", 10)                                    # 40: still low, announced once
+        assert await lows() == ["50", "50"]
+    finally:
+        await srv.stop()
+
+
 async def test_included_credit_thresholds_and_low_balance_are_announced(server_config_data, manual_clock):
     """Goal: credits.threshold at 50, 80 and 100 % of the period's included credits (each once,
     every threshold crossed by one call), balance.low when available falls to the plan's
