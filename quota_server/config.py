@@ -19,6 +19,7 @@ from typing import Any
 from quota_server.plans import (NAME_RE, PERIODS, REQUESTS_COST, Plan, PlanCatalog, RateLimit,
                                 pattern_problem)
 from quota_server.pricing import MAX_AMOUNT, ActionPrice, PriceCatalog
+from quota_server.storage.base import LEASE_TTL_MAX_MS, LEASE_TTL_MIN_MS
 
 BUILTIN_SOURCE = "<built-in defaults>"
 DEFAULT_PLAN_NAME = "default"  # the only plan when the file defines none
@@ -484,7 +485,7 @@ def _parse_storage(data: object) -> StorageConfig:
         url=url,
         snapshot_every_records=t.integer("snapshot_every_records", d.snapshot_every_records,
                                          minimum=1, maximum=10**9),
-        lease_ttl_ms=t.duration_ms("lease_ttl_ms", d.lease_ttl_ms),
+        lease_ttl_ms=t.integer("lease_ttl_ms", d.lease_ttl_ms, minimum=LEASE_TTL_MIN_MS, maximum=LEASE_TTL_MAX_MS),
         on_lease_held=t.choice("on_lease_held", d.on_lease_held, ON_LEASE_HELD),
         timeout_ms=t.duration_ms("timeout_ms", d.timeout_ms),
         snapshot_fork=t.boolean("snapshot_fork", d.snapshot_fork),
@@ -497,9 +498,13 @@ def _parse_defaults(data: object) -> DefaultsConfig:
     hold_ttl_ms = t.duration_ms("hold_ttl_ms", d.hold_ttl_ms)
     hold_ttl_max_ms = t.duration_ms("hold_ttl_max_ms", d.hold_ttl_max_ms)
     if hold_ttl_ms > hold_ttl_max_ms:
-        raise _Invalid(t.key("hold_ttl_ms"),
-                       f"must be at most defaults.hold_ttl_max_ms ({hold_ttl_max_ms}), "
-                       f"got {hold_ttl_ms}")
+        if "hold_ttl_ms" in t.data:
+            raise _Invalid(t.key("hold_ttl_ms"),
+                           f"must be at most defaults.hold_ttl_max_ms ({hold_ttl_max_ms}), "
+                           f"got {hold_ttl_ms}")
+        raise _Invalid(t.key("hold_ttl_max_ms"),
+                       f"must be at least defaults.hold_ttl_ms (not set: its default {hold_ttl_ms}), "
+                       f"got {hold_ttl_max_ms}; set both")
     return DefaultsConfig(
         hold_ttl_ms=hold_ttl_ms,
         hold_ttl_max_ms=hold_ttl_max_ms,

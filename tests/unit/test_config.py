@@ -382,6 +382,10 @@ def test_sections_must_be_tables(doc, key):
     ({"server": {"max_queue": 0}}, "server.max_queue: must be a positive integer, got 0"),
     ({"defaults": {"hold_ttl_ms": 0}}, "defaults.hold_ttl_ms: must be a positive integer, got 0"),
     ({"storage": {"lease_ttl_ms": 0}}, "storage.lease_ttl_ms: must be a positive integer, got 0"),
+    ({"storage": {"lease_ttl_ms": 3_600_001}}, "storage.lease_ttl_ms: must be at most 3600000, got 3600001"),
+    ({"defaults": {"hold_ttl_max_ms": 1000}},
+     "defaults.hold_ttl_max_ms: must be at least defaults.hold_ttl_ms (not set: its default 60000), got 1000; "
+     "set both"),
     ({"server": {"flush_window_us": -1}}, "server.flush_window_us: must not be negative, got -1"),
 ])
 def test_out_of_range_values(doc, expected):
