@@ -136,10 +136,23 @@ class DataPlane:
         self.wire = _wire.WireCodec(
             accounts=self.accounts, plans=self.plans, prices=self.prices, engine=engine,
             hold_ttl_ms=self.hold_ttl_ms, hold_ttl_max_ms=self.hold_ttl_max_ms, meta_fn=self._meta,
-            decode_meta=_decode_meta, credit_events=_credit_events,
+            decode_meta=_decode_meta, credit_events=self._credit_events,
         )
 
     # ------------------------------------------------------------------ shared helpers
+
+    def _credit_events(self, account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
+        """The events of a commit's or charge's usage: `usage.uncollected` for a cost it could
+        not cover, `balance.depleted` when it left `available_after <= 0`, except on an
+        `unlimited` plan, whose `available` limits nothing (usually 0: an event per call)."""
+        events = []
+        if uncharged:
+            events.append(("usage.uncollected", account_id, {"amount_uncharged": str(uncharged)}))
+        if available_after <= 0:
+            plan = self._plan_of(account_id)
+            if plan is None or not plan.unlimited:
+                events.append(("balance.depleted", account_id, {"available": str(available_after)}))
+        return events
 
     def _plan_of(self, account_id: str) -> Plan | None:
         entry = self.accounts.lookup(account_id)
@@ -272,7 +285,7 @@ class DataPlane:
                 return [], []
             row = _usage_row(account_id, now_ms, reservation_id=reservation_id, action=action,
                              quantities=quantities, charged=r[1], uncharged=r[3], labels=usage_labels, late=r[5])
-            return [row], _credit_events(account_id, r[4], r[3])
+            return [row], self._credit_events(account_id, r[4], r[3])
 
         return Prepared(op, derive, self.commit_response)
 
@@ -361,7 +374,7 @@ class DataPlane:
                 return [], []
             row = _usage_row(account_id, now_ms, charge_id=charge_id, action=action, quantities=quantities,
                              charged=r[2], uncharged=0, labels=labels, late=False)
-            return [row], _credit_events(account_id, r[3], 0)
+            return [row], self._credit_events(account_id, r[3], 0)
 
         return Prepared(op, derive, self.charge_response)
 
@@ -484,15 +497,6 @@ def derive_expired(expired: list[tuple], now_ms: int) -> tuple[list[UsageRow], l
         else:
             events.append(("hold.expired", account_id, {"reservation_id": reservation_id}))
     return usage, events
-
-
-def _credit_events(account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
-    events = []
-    if uncharged:
-        events.append(("usage.uncollected", account_id, {"amount_uncharged": str(uncharged)}))
-    if available_after <= 0:
-        events.append(("balance.depleted", account_id, {"available": str(available_after)}))
-    return events
 
 
 class QuotaServicer(pb_grpc.QuotaServiceServicer):

@@ -207,6 +207,27 @@ async def test_unlimited_plan_never_checks_credits_but_applies_limits(server):
         ("r1", 700), ("c1", 50), ("c2", 1)]
 
 
+async def test_unlimited_plan_usage_emits_no_balance_depleted(server):
+    """Goal: commits and charges on an unlimited plan (whose `available` limits nothing and is
+    usually 0) emit no balance.depleted, on the unary calls and in a Batch; a prepaid account
+    spent to 0 still does."""
+    await server.open_account("sub", "unlimited")
+    await server.quota.Reserve(reserve("sub", "r1", amount=100))
+    await server.quota.Commit(pb.CommitRequest(account_id="sub", reservation_id="r1", amount=70))
+    await server.quota.Charge(charge("sub", "c1", amount=1))
+    await server.quota.Batch(pb.BatchRequest(ops=[
+        pb.BatchOp(reserve=reserve("sub", "r2", amount=5)),
+        pb.BatchOp(commit=pb.CommitRequest(account_id="sub", reservation_id="r2", amount=5)),
+        pb.BatchOp(charge=charge("sub", "c2", amount=1)),
+    ]))
+    await server.open_account("pre", "prepaid")
+    await server.admin.Grant(apb.GrantRequest(account_id="pre", grant_id="g", amount=3))
+    await server.quota.Batch(pb.BatchRequest(ops=[pb.BatchOp(charge=charge("pre", "c3", amount=3))]))
+    events = await server.server.storage.read_events(0, 1000)
+    assert [(e.account_id, e.type) for e in events if e.type == "balance.depleted"] == [("pre", "balance.depleted")]
+    assert len(await server.usage("sub")) == 3  # the usage itself is recorded
+
+
 async def test_get_balance_lists_every_limit_of_the_plan_full_until_used(server):
     """Goal: GetBalance.limits has each rate limit of the account's plan, sorted by name, also
     those never used yet (full: remaining = capacity, reset_after_ms 0); a used one shows its
