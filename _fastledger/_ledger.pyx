@@ -276,6 +276,14 @@ cdef class Ledger:
     def account_ids(self):
         return sorted([(<Account>a).aid for a in self.accounts])
 
+    def plan_counts(self):
+        """How many accounts are on each plan id: {plan_id: count}."""
+        cdef dict counts = {}
+        cdef Account a
+        for a in self.accounts:
+            counts[a.plan_id] = counts.get(a.plan_id, 0) + 1
+        return counts
+
     def check_invariants(self):
         """Raise LedgerCorrupt if any invariant is broken."""
         check_invariants(self)

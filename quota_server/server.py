@@ -152,8 +152,20 @@ class QuotaServer:
         self.engine.on_fatal = self._on_fatal
         self._renewal_task = asyncio.get_running_loop().create_task(self.renewal.run(), name="quota-renewal")
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        self._warn_unknown_plans()
         tls = ("mutual TLS" if self.config.server.tls_client_ca_file else "TLS") if self.config.server.tls else "plaintext"
         log.info("serving on %s (%s; storage %s)", self.config.server.listen, tls, self.config.storage.url.redacted())
+
+    def _warn_unknown_plans(self) -> None:
+        """A warning per plan id that accounts are on but the configuration no longer defines:
+        they keep their lots and credit limit and are served as if they had no plan (every
+        action allowed, no rate limits, no included credits) until the plan is added back or
+        they are moved to another (UpsertAccount)."""
+        counts = self.engine.ledger.plan_counts()
+        for plan_id in sorted(set(counts) - set(self.config.plans)):
+            log.warning("%d account(s) on plan %r, which the configuration does not define: served as if they had "
+                        "no plan (every action allowed, no rate limits, no included credits) until the plan is "
+                        "added back or they are moved to another (UpsertAccount)", counts[plan_id], plan_id)
 
     async def _close_storage_quietly(self) -> None:
         try:

@@ -3,6 +3,8 @@ refill on the manual clock, true-up by quantities), the concurrency limit, suspe
 plans, and the order in which denials are checked."""
 from __future__ import annotations
 
+import logging
+
 from quota.v1 import admin_service_pb2 as apb
 from quota.v1 import quota_service_pb2 as pb
 from quota.v1.enums_pb2 import ACCOUNT_STATUS_ACTIVE, ACCOUNT_STATUS_SUSPENDED
@@ -13,7 +15,8 @@ from quota.v1.enums_pb2 import DECISION_INSUFFICIENT_CREDITS as INSUFFICIENT
 from quota.v1.enums_pb2 import DECISION_OK as OK
 from quota.v1.enums_pb2 import DECISION_RATE_LIMITED as RATE_LIMITED
 
-from tests.support.config import RPM_CAPACITY, TOKENS_CAPACITY, UNLIMITED_RPS_CAPACITY
+from tests.support.config import RPM_CAPACITY, TOKENS_CAPACITY, UNLIMITED_RPS_CAPACITY, build_config
+from tests.support.inproc import InProcessServer
 
 
 def charge(account_id: str, charge_id: str, **fields) -> pb.ChargeRequest:
@@ -242,3 +245,29 @@ async def test_get_balance_lists_every_limit_of_the_plan_full_until_used(server)
     await server.admin.UpsertAccount(apb.UpsertAccountRequest(account_id="free-1", plan_id="unlimited"))
     assert [lim.name for lim in (await server.balance("free-1")).limits] == [
         lim.name for lim in sorted(server.config.plans["unlimited"].limits, key=lambda lim: lim.name)]
+
+
+async def test_startup_warns_about_accounts_on_a_plan_the_config_dropped(server_config_data, manual_clock, caplog):
+    """Goal: accounts whose plan the configuration no longer defines are served as if they had
+    no plan, and the server says so when it starts: one warning per such plan, with the count."""
+    server_config_data["plans"]["legacy"] = {"features": ["image.generate"]}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("old-1", "legacy")
+        await srv.open_account("old-2", "legacy")
+        await srv.open_account("new-1", "prepaid")
+    finally:
+        await srv.stop()
+    del server_config_data["plans"]["legacy"]
+    caplog.set_level(logging.WARNING, logger="quota.server")
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        warnings = [r.getMessage() for r in caplog.records if "does not define" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].startswith("2 account(s) on plan 'legacy'"), warnings
+        await srv.admin.Grant(apb.GrantRequest(account_id="old-1", grant_id="g", amount=10))
+        r = await srv.quota.Charge(charge("old-1", "c1", action="video.render", amount=5))  # not a legacy feature
+        assert r.decision == OK
+    finally:
+        await srv.stop()
