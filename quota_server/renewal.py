@@ -48,9 +48,15 @@ def included_grant_id(plan_id: str, period_start_ms: int) -> str:
 def included_used(ledger: Any, account_id: str, plan: Plan, period_start_ms: int) -> int | None:
     """How much of the period's included credits the account has used (what is gone from the
     `included:` lot, earmarks not counted as used), or None if it got none this period. The
-    grant's record outlives a spent lot (see above), so a spent lot reads as all used."""
+    grant's record outlives a spent lot (see above), so a spent lot reads as all used.
+
+    The lot's own size is not kept, so this counts against the plan's `included_credits` as
+    configured now: exact unless that changed during the period (the lot keeps the size it was
+    granted with), in which case it is clamped to 0..included_credits until the next period."""
     remaining = ledger.grant_remaining(account_id, included_grant_id(plan.name, period_start_ms))
-    return None if remaining is None else plan.included_credits - remaining
+    if remaining is None:
+        return None
+    return min(max(plan.included_credits - remaining, 0), plan.included_credits)
 
 
 def rollover_grant_id(plan_id: str, period_start_ms: int) -> str:

@@ -314,3 +314,29 @@ async def test_included_credit_thresholds_and_low_balance_are_announced(server_c
                            "period_start_at_ms": str(PERIOD_START_MS)}
     finally:
         await srv.stop()
+
+
+async def test_period_used_stays_in_range_after_included_credits_change(server_config_data, manual_clock):
+    """Goal: when a restart changes the plan's included_credits during a period, the period's lot
+    keeps its size and GetBalance.period.used stays within 0..included (it used to go negative
+    after a cut, and above what was spent after a raise)."""
+    server_config_data["plans"]["inc"] = {"included_credits": 1000}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("i-1", "inc")
+        await srv.quota.Charge(pb.ChargeRequest(account_id="i-1", charge_id="c1", amount=100))
+        assert (await srv.balance("i-1")).period.used == 100
+    finally:
+        await srv.stop()
+    server_config_data["plans"]["inc"] = {"included_credits": 500}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        b = await srv.balance("i-1")
+        assert [(lot.lot_id, lot.remaining) for lot in b.lots] == [(f"included:inc:{PERIOD_START_MS}", 900)]
+        assert (b.period.included, b.period.used) == (500, 0)     # 500 - 900 clamped
+        await srv.quota.Charge(pb.ChargeRequest(account_id="i-1", charge_id="c2", amount=600))  # 300 left
+        assert (await srv.balance("i-1")).period.used == 200
+    finally:
+        await srv.stop()
