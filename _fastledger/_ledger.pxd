@@ -190,6 +190,7 @@ cdef class Ledger:
     cdef bint replayed          # the op being applied was answered from a stored result
     cdef list replayed_at       # indices of such ops in the last apply
     cdef list expired_log       # holds expired since the last take_expired(), see there
+    cdef list lots_expired_log  # lots expired with unused credit since take_expired_lots()
     cdef object exp_obj         # the int last returned as a reserve's expires_ns (expires_int)
     cdef int64_t exp_val        # its value
     cdef PyObject* hint_aid     # during apply: the current op's account id object, whose

@@ -23,6 +23,7 @@ class Ledger:
         [0, NOW_NS_LIMIT); every malformed op is a status in its result.
         """
     def take_expired(self) -> list[tuple[str, str, int, int, int, bytes]]: ...
+    def take_expired_lots(self) -> list[tuple[str, str, int]]: ...
     def replayed_indices(self) -> list[int]:
         """Indices, within the last `apply`'s ops, of those answered from a stored result."""
     def take_journal(self) -> bytes:

@@ -107,6 +107,7 @@ cdef class Ledger:
         self.lots_q.kind = HQ_LOTS
         self.purge_q.kind = HQ_PURGE
         self.expired_log = []
+        self.lots_expired_log = []
 
     def __init__(self, *, retention_ns=86_400_000_000_000):
         if not (isinstance(retention_ns, int) and 0 <= retention_ns <= TTL_NS_MAX):
@@ -202,6 +203,16 @@ cdef class Ledger:
         Not persisted: the engine turns them into usage records and events in the same write."""
         out = self.expired_log
         self.expired_log = []
+        return out
+
+    def take_expired_lots(self):
+        """Lots that expired with unused credit since the last call, in order, however time
+        passed for them (an op of the account, the sweep, a view): `(account_id, grant_id,
+        amount)`, `amount` being the lot's free part when it expired (what the grant's record
+        notes as expired unused; a part earmarked then expires when its hold lets it go, with
+        no entry here). Not persisted, like take_expired."""
+        out = self.lots_expired_log
+        self.lots_expired_log = []
         return out
 
     def take_journal(self):

@@ -115,6 +115,7 @@ cdef int lot_expire_at(Ledger L, Account a, int i) except -1:
     if free:
         l.grant.amount += free  # <= the grant's amount: no overflow
         mark_rec(L, &l.grant.r)
+        L.lots_expired_log.append((a.aid, rec_rid_str(&l.grant.r), free))
     l.remaining = l.earmarked
     l.expired = 1
     return lot_drop_if_empty(a, i)

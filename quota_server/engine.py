@@ -160,9 +160,9 @@ class Engine:
         # Turns the holds that expired in a flush into usage rows and events (set by the server).
         self.derive_expired: Callable[[list, int], tuple[list[UsageRow], list]] | None = None
         # Threshold notifications (notify.Thresholds): called after each batch is applied with
-        # the accounts that recorded usage in it, it returns more events for the same write; its
-        # `low` (accounts announced low) and `rearm(accounts, now_ms)` let the batch's other ops
-        # arm `balance.low` again.
+        # the accounts that recorded usage in it, it returns more events for the same write; if
+        # it has them, its `low` (accounts announced low) and `rearm(accounts, now_ms)` let the
+        # batch's other ops arm `balance.low` again.
         self.observe: Any = None
         self.on_fatal: Callable[[BaseException], None] | None = None
 
@@ -455,6 +455,8 @@ class Engine:
         if expired and self.derive_expired is not None:
             rows, event_specs = self.derive_expired(expired, now_ms)
             usage.extend(rows)
+        for account_id, grant_id, amount in self.ledger.take_expired_lots():  # breakage
+            event_specs.append(("credits.expired", account_id, {"grant_id": grant_id, "amount": str(amount)}))
         index = 1
         for item in batch:
             derives = item.derives
@@ -478,10 +480,10 @@ class Engine:
                 event_specs.extend(observe(touched, now_ms))
             except Exception:  # noqa: BLE001 - notifications must never stop the write path
                 log.exception("threshold notifications failed for this batch (its writes go on)")
-        if observe is not None and observe.low:
+        low = getattr(observe, "low", None)
+        if low:
             # Accounts announced low whose other ops (a grant, a release, an expiry, a new credit
             # limit) may have lifted them back above their threshold: armed again if so.
-            low = observe.low
             lifted = {op[1] for item in batch for op in item.ops if op[1] in low}
             lifted.update(entry[0] for entry in expired if entry[0] in low)
             if lifted:

@@ -76,6 +76,30 @@ def test_grant_record_notes_what_of_its_lot_expired_unused(d):
     assert restored.grant_expired("a", "inc") == 50
 
 
+def test_lots_that_expire_unused_are_reported_once(d):
+    """take_expired_lots: each lot that expired with a free part, as (account, grant id, that
+    part), once, whether time passed by an op of the account, the sweep or a view; a spent lot
+    and the part earmarked by a hold are not in it."""
+    assert d(grant(gid="p", amount=100, expires_ns=10 * SECOND)) == (C.OK, 100)
+    assert d(grant(gid="s", amount=5, priority=-1, expires_ns=10 * SECOND)) == (C.OK, 105)
+    assert d(upsert("b")) == (C.OK, True)
+    assert d(grant("b", gid="q", amount=7, expires_ns=20 * SECOND)) == (C.OK, 7)
+    assert d(grant("b", gid="v", amount=3, expires_ns=30 * SECOND)) == (C.OK, 10)
+    assert d(charge(cid="c1", amount=35)) == (C.OK, C.DECISION_OK, 35, 70, 0, "")  # s spent, p 70
+    assert d(reserve(rid="r1", amount=20))[1] == C.DECISION_OK
+    assert d.led.take_expired_lots() == []
+    d.advance(10 * SECOND)
+    assert d(check(amount=1))[1] == C.DECISION_INSUFFICIENT_CREDITS      # an op of the account
+    assert d.led.take_expired_lots() == [("a", "p", 50)]
+    d.advance(10 * SECOND)
+    assert d(expire()) == (C.OK, 1)                                      # the sweep
+    d.advance(10 * SECOND)
+    d.led.account_view("b", d.now)                                       # a view
+    assert d.led.take_expired_lots() == [("b", "q", 7), ("b", "v", 3)]
+    assert d(release(rid="r1"))[0] == C.OK                               # the earmark: not listed
+    assert d.led.take_expired_lots() == []
+
+
 def test_grant_pays_debt_first(d):
     assert d(upsert(credit_limit=100)) == (C.OK, False)
     assert d(charge(amount=80)) == (C.OK, C.DECISION_OK, 80, 20, 0, "")

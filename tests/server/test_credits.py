@@ -340,3 +340,25 @@ async def test_period_used_stays_in_range_after_included_credits_change(server_c
         assert (await srv.balance("i-1")).period.used == 200
     finally:
         await srv.stop()
+
+
+async def test_credit_that_expires_unused_is_announced(server, manual_clock):
+    """Goal: a lot that expires with unused credit (breakage) emits credits.expired with its
+    grant_id and the unused amount, once, in the write of the batch that saw it expire; a lot
+    spent before its expiry emits nothing; the part earmarked by an open hold stays for it."""
+    await server.open_account("e-1", "prepaid")
+    expires = manual_clock.now_ms + 60_000
+    await server.admin.Grant(apb.GrantRequest(account_id="e-1", grant_id="promo", amount=50, priority=1,
+                                              expires_at_ms=expires))
+    await server.admin.Grant(apb.GrantRequest(account_id="e-1", grant_id="gone", amount=5, expires_at_ms=expires))
+    await server.quota.Charge(pb.ChargeRequest(account_id="e-1", charge_id="c1", amount=25))   # gone 5, promo 20
+    r = await server.quota.Reserve(pb.ReserveRequest(account_id="e-1", reservation_id="r1", amount=10,
+                                                     ttl_ms=600_000))
+    assert r.decision == OK                                       # 10 of promo's 30 earmarked
+    await server.advance(60_000)
+    await server.advance(1_000)                                   # nothing more
+    events = await server.server.storage.read_events(0, 1000, "e-1")
+    assert [(e.type, json.loads(e.payload)) for e in events if e.type == "credits.expired"] == [
+        ("credits.expired", {"grant_id": "promo", "amount": "20"})]
+    c = await server.quota.Commit(pb.CommitRequest(account_id="e-1", reservation_id="r1", amount=10))
+    assert c.amount_charged == 10                                 # the earmark held
