@@ -545,7 +545,7 @@ def _parse_price(t: _Table) -> ActionPrice:
 
 _PLAN_KEYS = ("period", "included_credits", "rollover_max", "credit_limit", "unlimited",
               "max_open_holds", "low_balance", "features", "limits")
-_LIMIT_KEYS = ("name", "capacity", "refill_amount", "refill_period_ms", "cost", "actions")
+_LIMIT_KEYS = ("name", "capacity", "refill_amount", "refill_period_ms", "cost", "actions", "warn_at_percent")
 
 
 def _parse_plans(data: object, prices: PriceCatalog, warnings: list[str]) -> PlanCatalog:
@@ -601,6 +601,7 @@ def _parse_limits(plan: _Table, priced_quantities: set[str],
             refill_period_ms=t.duration_ms("refill_period_ms", _REQUIRED),
             cost=cost,
             actions=_non_empty(t, t.patterns("actions")),
+            warn_at_percent=t.integer("warn_at_percent", 0, maximum=99),
         ))
     return tuple(limits)
 

@@ -6,6 +6,10 @@ it (a commit, a charge, a hold committed at expiry). For each one whose plan ask
 - `credits.threshold` when the current period's included credits (the lot
   `included:<plan>:<period start ms>`) become 50, 80 or 100 % used: one event per threshold
   crossed, attributes `percent`, `included`, `used`, `period_start_at_ms`;
+- `limit.low` when a rate limit with `warn_at_percent` (a soft limit: a warning before the
+  limit blocks) has at most that share of its capacity left after the account's usage:
+  attributes `limit_name`, `remaining`, `capacity`, `warn_at_percent`; armed again once the
+  bucket is seen above it (refilled);
 - `balance.low` when `available` falls to the plan's `low_balance` or below (from above it):
   attributes `available`, `threshold`; it is armed again once `available` is back above, seen
   after any batch with an op of the account (a grant, a release, a hold's expiry, a raised
@@ -35,9 +39,11 @@ class Thresholds:
         self.plans = plans
         self.accounts = accounts  # dataplane.AccountIndex: account -> (plan_id, status)
         # Whether any plan asks for these events (the server installs the hook only then).
-        self.active = any(plans[name].included_credits > 0 or plans[name].low_balance > 0 for name in plans)
+        self.active = any(plans[name].included_credits > 0 or plans[name].low_balance > 0
+                          or any(lim.warn_at_percent for lim in plans[name].limits) for name in plans)
         self._announced: dict[str, tuple[int, int]] = {}  # account -> (period start, highest percent)
         self.low: set[str] = set()  # accounts announced low and not above their threshold since
+        self._limits_low: set[tuple[str, str]] = set()  # (account, limit) announced low, not seen above since
 
     def __call__(self, touched: set[str], now_ms: int) -> list[tuple[str, str, dict[str, str]]]:
         events: list[tuple[str, str, dict[str, str]]] = []
@@ -54,6 +60,8 @@ class Thresholds:
                 if start is None:
                     start = periods[plan.name] = plan.period_bounds(now_ms)[0]
                 self._included(ledger, account_id, plan, start, events)
+            if any(lim.warn_at_percent for lim in plan.limits):
+                self._soft_limits(ledger, account_id, plan, now_ns, events)
             if plan.low_balance > 0:
                 view = ledger.account_view(account_id, now_ns)
                 available = view["available"] if view is not None else None
@@ -64,6 +72,21 @@ class Thresholds:
                     events.append(("balance.low", account_id,
                                    {"available": str(available), "threshold": str(plan.low_balance)}))
         return events
+
+    def _soft_limits(self, ledger: Any, account_id: str, plan: Any, now_ns: int, events: list) -> None:
+        tokens = {b["name"]: b["tokens"] for b in ledger.buckets_view(account_id, now_ns)}
+        for lim in plan.limits:
+            if not lim.warn_at_percent:
+                continue
+            key = (account_id, lim.name)
+            remaining = tokens.get(lim.name, lim.capacity)  # a bucket never used is full
+            if remaining * 100 > lim.capacity * lim.warn_at_percent:
+                self._limits_low.discard(key)
+            elif key not in self._limits_low:
+                self._limits_low.add(key)
+                events.append(("limit.low", account_id, {
+                    "limit_name": lim.name, "remaining": str(remaining), "capacity": str(lim.capacity),
+                    "warn_at_percent": str(lim.warn_at_percent)}))
 
     def rearm(self, account_ids: set[str], now_ms: int) -> None:
         """Arm `balance.low` again for those of `account_ids` (accounts announced low) whose

@@ -82,6 +82,7 @@ class RateLimit:
     refill_period_ms: int
     cost: str = REQUESTS_COST
     actions: tuple[str, ...] = ("*",)
+    warn_at_percent: int = 0  # a soft limit: `limit.low` once remaining is at most this % of capacity
     _action_set: ActionSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@ refill on the manual clock, true-up by quantities), the concurrency limit, suspe
 plans, and the order in which denials are checked."""
 from __future__ import annotations
 
+import json
 import logging
 
 from quota.v1 import admin_service_pb2 as apb
@@ -269,5 +270,40 @@ async def test_startup_warns_about_accounts_on_a_plan_the_config_dropped(server_
         await srv.admin.Grant(apb.GrantRequest(account_id="old-1", grant_id="g", amount=10))
         r = await srv.quota.Charge(charge("old-1", "c1", action="video.render", amount=5))  # not a legacy feature
         assert r.decision == OK
+    finally:
+        await srv.stop()
+
+
+async def test_soft_limit_warns_with_limit_low_before_the_limit_blocks(server_config_data, manual_clock):
+    """Goal: a rate limit with warn_at_percent (a soft limit) emits limit.low once when usage
+    leaves at most that share of its capacity, still allowing calls until the bucket is empty
+    (then RATE_LIMITED as any limit); once refilled above, it warns again next time."""
+    server_config_data["plans"]["soft"] = {"unlimited": True, "limits": [
+        {"name": "images_per_minute", "capacity": 10, "refill_period_ms": 60_000, "warn_at_percent": 20},
+        {"name": "plain", "capacity": 1000, "refill_period_ms": 60_000},
+    ]}
+    srv = InProcessServer(build_config(server_config_data), manual_clock)
+    await srv.start()
+    try:
+        await srv.open_account("s-1", "soft")
+
+        async def lows() -> list[dict]:
+            events = await srv.server.storage.read_events(0, 1000, "s-1")
+            return [json.loads(e.payload) for e in events if e.type == "limit.low"]
+
+        for i in range(7):
+            assert (await srv.quota.Charge(charge("s-1", f"c{i}", amount=1))).decision == OK
+        assert await lows() == []                                          # 3 left of 10: above 20 %
+        assert (await srv.quota.Charge(charge("s-1", "c7", amount=1))).decision == OK
+        warning = {"limit_name": "images_per_minute", "remaining": "2", "capacity": "10", "warn_at_percent": "20"}
+        assert await lows() == [warning]                                   # 2 left: 20 %
+        for i in (8, 9):
+            assert (await srv.quota.Charge(charge("s-1", f"c{i}", amount=1))).decision == OK
+        assert (await srv.quota.Charge(charge("s-1", "c10", amount=1))).decision == RATE_LIMITED
+        assert await lows() == [warning]                                   # once
+        await srv.advance(60_000)                                          # refilled
+        for i in range(11, 19):
+            assert (await srv.quota.Charge(charge("s-1", f"c{i}", amount=1))).decision == OK
+        assert await lows() == [warning, warning]                          # armed again, warned again
     finally:
         await srv.stop()

@@ -383,6 +383,8 @@ def test_sections_must_be_tables(doc, key):
     ({"defaults": {"hold_ttl_ms": 0}}, "defaults.hold_ttl_ms: must be a positive integer, got 0"),
     ({"storage": {"lease_ttl_ms": 0}}, "storage.lease_ttl_ms: must be a positive integer, got 0"),
     ({"storage": {"lease_ttl_ms": 3_600_001}}, "storage.lease_ttl_ms: must be at most 3600000, got 3600001"),
+    (plan_with(limits=[{"name": "rpm", "capacity": 10, "refill_period_ms": 60_000, "warn_at_percent": 100}]),
+     "plans.free.limits[0].warn_at_percent: must be at most 99, got 100"),
     ({"defaults": {"hold_ttl_max_ms": 1000}},
      "defaults.hold_ttl_max_ms: must be at least defaults.hold_ttl_ms (not set: its default 60000), got 1000; "
      "set both"),
