@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.support.clock import ManualClock
-from tests.support.config import build_config, config_data
-from tests.support.inproc import InProcessServer
+from tests.support.config import config_data
+from tests.support.inproc import InProcessServer, running
 
 
 @pytest.fixture
@@ -19,9 +19,5 @@ def server_config_data(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 async def server(server_config_data: dict[str, Any], manual_clock: ManualClock) -> AsyncIterator[InProcessServer]:
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         yield srv
-    finally:
-        await srv.stop()

@@ -18,7 +18,7 @@ from quota.v1.enums_pb2 import (
 
 from tests.support.clock import PERIOD_END_MS, PERIOD_START_MS
 from tests.support.config import CREDIT_LIMIT_PAYG, INCLUDED_FREE, build_config
-from tests.support.inproc import InProcessServer
+from tests.support.inproc import InProcessServer, running
 
 INCLUDED_LOT = f"included:free:{PERIOD_START_MS}"
 
@@ -249,9 +249,7 @@ async def test_balance_low_is_armed_again_by_a_top_up(server_config_data, manual
     the next charge that takes it down to the threshold announces it again (a top-up followed by
     spending, with no usage in between that would have seen the account above)."""
     server_config_data["plans"]["topup"] = {"low_balance": 100}
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         await srv.open_account("t-1", "topup")
         await srv.admin.Grant(apb.GrantRequest(account_id="t-1", grant_id="g0", amount=1000))
 
@@ -272,8 +270,6 @@ async def test_balance_low_is_armed_again_by_a_top_up(server_config_data, manual
         await srv.quota.Release(pb.ReleaseRequest(account_id="t-1", reservation_id="r"))
         await charge("c", 10)                                    # 40: still low, announced once
         assert await lows() == ["50", "50"]
-    finally:
-        await srv.stop()
 
 
 async def test_included_credit_thresholds_and_low_balance_are_announced(server_config_data, manual_clock):
@@ -321,25 +317,17 @@ async def test_period_used_stays_in_range_after_included_credits_change(server_c
     keeps its size and GetBalance.period.used stays within 0..included (it used to go negative
     after a cut, and above what was spent after a raise)."""
     server_config_data["plans"]["inc"] = {"included_credits": 1000}
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         await srv.open_account("i-1", "inc")
         await srv.quota.Charge(pb.ChargeRequest(account_id="i-1", charge_id="c1", amount=100))
         assert (await srv.balance("i-1")).period.used == 100
-    finally:
-        await srv.stop()
     server_config_data["plans"]["inc"] = {"included_credits": 500}
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         b = await srv.balance("i-1")
         assert [(lot.lot_id, lot.remaining) for lot in b.lots] == [(f"included:inc:{PERIOD_START_MS}", 900)]
         assert (b.period.included, b.period.used) == (500, 0)     # 500 - 900 clamped
         await srv.quota.Charge(pb.ChargeRequest(account_id="i-1", charge_id="c2", amount=600))  # 300 left
         assert (await srv.balance("i-1")).period.used == 200
-    finally:
-        await srv.stop()
 
 
 async def test_credit_that_expires_unused_is_announced(server, manual_clock):

@@ -16,8 +16,8 @@ from quota.v1.enums_pb2 import DECISION_INSUFFICIENT_CREDITS as INSUFFICIENT
 from quota.v1.enums_pb2 import DECISION_OK as OK
 from quota.v1.enums_pb2 import DECISION_RATE_LIMITED as RATE_LIMITED
 
-from tests.support.config import RPM_CAPACITY, TOKENS_CAPACITY, UNLIMITED_RPS_CAPACITY, build_config
-from tests.support.inproc import InProcessServer
+from tests.support.config import RPM_CAPACITY, TOKENS_CAPACITY, UNLIMITED_RPS_CAPACITY
+from tests.support.inproc import running
 
 
 def charge(account_id: str, charge_id: str, **fields) -> pb.ChargeRequest:
@@ -252,26 +252,18 @@ async def test_startup_warns_about_accounts_on_a_plan_the_config_dropped(server_
     """Goal: accounts whose plan the configuration no longer defines are served as if they had
     no plan, and the server says so when it starts: one warning per such plan, with the count."""
     server_config_data["plans"]["legacy"] = {"features": ["image.generate"]}
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         await srv.open_account("old-1", "legacy")
         await srv.open_account("old-2", "legacy")
         await srv.open_account("new-1", "prepaid")
-    finally:
-        await srv.stop()
     del server_config_data["plans"]["legacy"]
     caplog.set_level(logging.WARNING, logger="quota.server")
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         warnings = [r.getMessage() for r in caplog.records if "does not define" in r.getMessage()]
         assert len(warnings) == 1 and warnings[0].startswith("2 account(s) on plan 'legacy'"), warnings
         await srv.admin.Grant(apb.GrantRequest(account_id="old-1", grant_id="g", amount=10))
         r = await srv.quota.Charge(charge("old-1", "c1", action="video.render", amount=5))  # not a legacy feature
         assert r.decision == OK
-    finally:
-        await srv.stop()
 
 
 async def test_soft_limit_warns_with_limit_low_before_the_limit_blocks(server_config_data, manual_clock):
@@ -282,9 +274,7 @@ async def test_soft_limit_warns_with_limit_low_before_the_limit_blocks(server_co
         {"name": "images_per_minute", "capacity": 10, "refill_period_ms": 60_000, "warn_at_percent": 20},
         {"name": "plain", "capacity": 1000, "refill_period_ms": 60_000},
     ]}
-    srv = InProcessServer(build_config(server_config_data), manual_clock)
-    await srv.start()
-    try:
+    async with running(server_config_data, manual_clock) as srv:
         await srv.open_account("s-1", "soft")
 
         async def lows() -> list[dict]:
@@ -305,5 +295,3 @@ async def test_soft_limit_warns_with_limit_low_before_the_limit_blocks(server_co
         for i in range(11, 19):
             assert (await srv.quota.Charge(charge("s-1", f"c{i}", amount=1))).decision == OK
         assert await lows() == [warning, warning]                          # armed again, warned again
-    finally:
-        await srv.stop()

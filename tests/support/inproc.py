@@ -5,6 +5,8 @@ are all exercised; `restart()` builds a new server on the same data, as a proces
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,6 +19,7 @@ from _fastledger import codes as C
 from quota_server.server import QuotaServer
 
 from .clock import ManualClock
+from .config import build_config
 
 
 class InProcessServer:
@@ -100,3 +103,14 @@ class InProcessServer:
             token = page.next_page_token
             if not token:
                 return records
+
+
+@contextlib.asynccontextmanager
+async def running(config_data: dict, clock: ManualClock) -> AsyncIterator[InProcessServer]:
+    """An InProcessServer on `config_data` (built now), started, and stopped at the end."""
+    srv = InProcessServer(build_config(config_data), clock)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
