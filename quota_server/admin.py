@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 from _fastledger import codes as C
 from quota.v1 import admin_service_pb2 as apb
@@ -19,8 +21,10 @@ from .renewal import included_grant_id, included_grant_op
 from .engine import EVENTS_PER_SEQ, Engine
 from .errors import QuotaError, from_core_status
 from .rpc import abort_with
-from .storage.base import InvalidCursor
+from .storage.base import InvalidCursor, StorageError, StorageUnavailable
 from .validate import check_amount, check_id
+
+log = logging.getLogger("quota.admin")
 
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 1000
@@ -200,7 +204,8 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             after = _page_cursor(request.page_token, query)
             while True:
                 try:
-                    rows, cursor = await self.engine.storage.list_usage(account_id, from_ms, to_ms, size, after)
+                    with _storage_reads("usage"):
+                        rows, cursor = await self.engine.storage.list_usage(account_id, from_ms, to_ms, size, after)
                 except InvalidCursor:
                     raise QuotaError("INVALID_ARGUMENT", "bad page_token", metadata={"field": "page_token"}) from None
                 records = [_usage_record(row) for row in rows]
@@ -229,15 +234,16 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
             # proto GetUsageSummaryResponse.invoice_total: "0 for prepaid accounts".
             view = self.engine.ledger.account_view(account_id, self.engine.now_ns())
             invoiced = view is not None and view["credit_limit"] > 0
-            async for row in self.engine.storage.iter_usage(account_id, from_ms, to_ms):
-                data = json.loads(row.payload)
-                entry = totals[data["action"]]
-                entry["count"] += 1
-                for name, value in data["quantities"].items():
-                    entry["quantities"][name] += value
-                entry["charged"] += data["amount_charged"]
-                entry["uncharged"] += data["amount_uncharged"]
-                invoice_total += data["amount_charged"]
+            with _storage_reads("usage"):
+                async for row in self.engine.storage.iter_usage(account_id, from_ms, to_ms):
+                    data = json.loads(row.payload)
+                    entry = totals[data["action"]]
+                    entry["count"] += 1
+                    for name, value in data["quantities"].items():
+                        entry["quantities"][name] += value
+                    entry["charged"] += data["amount_charged"]
+                    entry["uncharged"] += data["amount_uncharged"]
+                    invoice_total += data["amount_charged"]
             return apb.GetUsageSummaryResponse(
                 actions=[
                     apb.ActionUsage(action=action, count=e["count"], quantities=dict(e["quantities"]),
@@ -278,7 +284,12 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                     "SHUTTING_DOWN", "the server is shutting down; resume with after_event_id set to the last event "
                     "id received"))
                 return
-            rows = await self.engine.storage.read_events(after, 500, account)
+            try:
+                with _storage_reads("events"):
+                    rows = await self.engine.storage.read_events(after, 500, account)
+            except QuotaError as exc:  # the client resumes after the last event it received
+                await abort_with(context, exc)
+                return
             for row in rows:
                 after = row.event_id
                 if types and row.type not in types:
@@ -293,6 +304,23 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
                         await asyncio.wait_for(self.engine.events_written.wait(), WATCH_POLL_S)
                     except asyncio.TimeoutError:
                         pass
+
+
+@contextlib.contextmanager
+def _storage_reads(what: str) -> Iterator[None]:
+    """Storage failures of a read as the API's errors: UNAVAILABLE / STORAGE_UNAVAILABLE while
+    the storage cannot be reached (retry), INTERNAL / STORAGE_ERROR for data it cannot read;
+    the details (backend, address, cause) go to the log, not to the caller."""
+    try:
+        yield
+    except InvalidCursor:
+        raise  # the caller's own mistake (a bad page token): its caller says so
+    except StorageUnavailable as exc:
+        log.warning("reading %s: storage unavailable: %s", what, exc)
+        raise QuotaError("STORAGE_UNAVAILABLE", f"storage cannot be read right now ({what}); retry") from None
+    except StorageError as exc:
+        log.error("reading %s failed: %s", what, exc)
+        raise QuotaError("STORAGE_ERROR", f"stored {what} could not be read (see the server log)") from None
 
 
 def _usage_record(row) -> apb.UsageRecord:

@@ -51,6 +51,7 @@ REASON_TO_CODE: dict[str, grpc.StatusCode] = {
     "OVERLOADED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "STORAGE_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "SHUTTING_DOWN": grpc.StatusCode.UNAVAILABLE,
+    "STORAGE_ERROR": grpc.StatusCode.INTERNAL,  # stored data that cannot be read (damaged)
     "NOT_OWNER": grpc.StatusCode.UNAVAILABLE,
 }
 

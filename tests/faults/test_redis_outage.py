@@ -182,6 +182,43 @@ async def test_a_call_in_flight_when_redis_stalls_is_answered_unavailable(redis_
         assert (await client.get_balance(ACCOUNTS[0])).available == before - PRICE
 
 
+async def test_usage_and_event_reads_during_an_outage_are_unavailable(redis_server, spawn):
+    """Goal (regression: UNKNOWN with the storage's exception text, which the client took as a
+    non-retryable internal error): while Redis is down, ListUsage, GetUsageSummary and
+    WatchEvents (a new stream and one already open) fail with UNAVAILABLE /
+    STORAGE_UNAVAILABLE, naming no address; they work again once Redis is back."""
+    server = spawn(redis_server.url, lease_ttl_ms=30_000, timeout_ms=1_000)
+    await server.start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+        await client.charge(ACCOUNTS[0], charge_id="before", amount=PRICE)
+        stream = client.watch_events(account_id=ACCOUNTS[0], after_event_id="0")
+        await stream.__anext__()                                      # open and delivering
+        await asyncio.to_thread(redis_server.stop, True)
+        try:
+            for read in (lambda: client.list_usage(ACCOUNTS[0]), lambda: client.get_usage_summary(ACCOUNTS[0])):
+                with pytest.raises(QuotaError) as refused:
+                    await asyncio.wait_for(read(), 20)
+                assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE,
+                                                                      "STORAGE_UNAVAILABLE")
+                assert "127.0.0.1" not in str(refused.value)
+            with pytest.raises(QuotaError) as dropped:
+                await asyncio.wait_for(_drain(stream), 20)
+            assert (dropped.value.code, dropped.value.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+            with pytest.raises(QuotaError) as refused_stream:
+                await asyncio.wait_for(_drain(client.watch_events(after_event_id="0")), 20)
+            assert refused_stream.value.code == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await asyncio.to_thread(redis_server.start)
+        await wait_health(server.target, SERVING, timeout_s=30, what="after Redis came back")
+        assert [u.charge_id for u in (await client.list_usage(ACCOUNTS[0])).records] == ["before"]
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
 @pytest.mark.slow
 async def test_server_stops_when_redis_comes_back_without_its_data(tmp_path, spawn):
     """Goal: a Redis that keeps nothing on disk is SIGKILLed and restarted empty. The server
