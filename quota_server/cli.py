@@ -364,6 +364,9 @@ def cmd_events_tail(client: Any, args: argparse.Namespace, out: Output) -> int:
     shown = 0
     if args.count == 0:
         return EXIT_OK
+    # The stream itself has no deadline but --duration: --timeout bounds getting connected, and
+    # a --duration that runs out before then is an error, not an empty tail.
+    client.wait_ready(args.timeout if args.duration is None else min(args.timeout, args.duration))
     stream = client.watch_events(account_id=args.account or "", types=args.types or (),
                                  after_event_id=args.after or "", timeout=args.duration)
     try:
@@ -547,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help=f"deadline of each call (default {DEFAULT_TIMEOUT_S:g})")
+                        help=f"deadline of each call (default {DEFAULT_TIMEOUT_S:g}); a call the server refuses as "
+                             "unavailable is retried with backoff, one that misses its deadline is not; for "
+                             "events tail, how long to wait to get connected")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"bearer token (default: ${API_KEY_ENV})")
     parser.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA bundle")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS (with --tls-key)")
@@ -714,11 +719,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return int(exc.code or 0)
     out = Output(as_json=args.json, stdout=stdout, stderr=stderr)
 
-    from quota_client import QuotaClient, QuotaError
+    import grpc
+    from quota_client import RETRYABLE_CODES, QuotaClient, QuotaError, RetryPolicy
 
+    # --timeout is each call's deadline: a call that misses it is not tried again (an answer
+    # that does not come within it is not waited for 4 times); refusals are, with backoff.
+    retry = dataclasses.replace(RetryPolicy(), retry_codes=RETRYABLE_CODES - {grpc.StatusCode.DEADLINE_EXCEEDED})
     try:
         credentials = _tls_credentials(args)
-        client = QuotaClient(args.target, timeout=args.timeout, api_key=args.api_key, credentials=credentials)
+        client = QuotaClient(args.target, timeout=args.timeout, api_key=args.api_key, credentials=credentials,
+                             retry=retry)
     except (ValueError, OSError) as exc:
         stderr.write(f"quotactl: error: {exc}\n")
         return EXIT_USAGE

@@ -154,7 +154,9 @@ class QuotaServer:
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         self._warn_unknown_plans()
         tls = ("mutual TLS" if self.config.server.tls_client_ca_file else "TLS") if self.config.server.tls else "plaintext"
-        log.info("serving on %s (%s; storage %s)", self.config.server.listen, tls, self.config.storage.url.redacted())
+        # The port bound, not the one asked for: listen = "host:0" picks a free one.
+        address = f"{self.config.server.listen.rsplit(':', 1)[0]}:{self.port}"
+        log.info("serving on %s (%s; storage %s)", address, tls, self.config.storage.url.redacted())
 
     def _warn_unknown_plans(self) -> None:
         """A warning per plan id that accounts are on but the configuration no longer defines:

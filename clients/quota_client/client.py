@@ -13,7 +13,7 @@ from quota.v1 import admin_service_pb2_grpc, quota_service_pb2_grpc
 
 from . import ops
 from ._base import DEFAULT_RETRY, DEFAULT_TIMEOUT_S, ClientBase, Metadata, open_channel
-from .errors import from_rpc_error
+from .errors import from_rpc_error, from_status
 from .reservation import Reservation
 from .results import (
     Account,
@@ -83,6 +83,16 @@ class QuotaClient(ClientBase):
         """Close the channel if this client opened it."""
         if self._owns_channel:
             self._channel.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the channel is connected to the server; ``Unavailable`` if it is not
+        within ``timeout`` seconds (e.g. before a stream that should not wait for gRPC's own
+        connection timeout of about 20 s against a server that accepts but does not answer)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise from_status(grpc.StatusCode.UNAVAILABLE,
+                              f"not connected to the server within {timeout:g} s") from None
 
     def __enter__(self) -> QuotaClient:
         return self

@@ -17,7 +17,7 @@ from quota_server.cli import format_time_ms, main, parse_time_ms
 from quota_server.plans import period_bounds
 
 from ..support.config import CREDIT_LIMIT_PAYG, INCLUDED_FREE
-from .conftest import Run, run_subprocess
+from .conftest import Quotactl, Run, run_subprocess
 
 
 def _without(record: dict, *keys: str) -> dict:
@@ -470,6 +470,39 @@ def test_events_tail_from_now_sees_new_events(server, account):
 def test_events_tail_duration_ends_quietly(quotactl):
     run = quotactl("events", "tail", "--account", "nobody-ever", "--duration", "0.3")
     assert run == Run(0, "", "")
+
+
+@pytest.fixture
+def silent_server():
+    """A port whose listener accepts connections and never answers (a frozen server)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    try:
+        yield Quotactl(f"127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        listener.close()
+
+
+def test_events_tail_that_cannot_connect_is_an_error_not_an_empty_tail(silent_server):
+    """Goal (regression: exit 0 and no output, as for a quiet stream): a tail against a server
+    that does not answer fails with exit 1 once --timeout (or a shorter --duration) has passed,
+    instead of waiting for gRPC's own connection timeout (about 20 s)."""
+    started = time.monotonic()
+    run = silent_server("--timeout", "1", "events", "tail", "--after", "0", "--duration", "5")
+    assert run.code == 1 and run.stdout == "" and "UNAVAILABLE" in run.stderr, run
+    assert time.monotonic() - started < 10
+
+
+def test_a_call_that_misses_its_timeout_is_not_tried_again(silent_server):
+    """Goal (regression: --timeout applied to each of 4 attempts): a call to a server that does
+    not answer ends after about --timeout, with exit 1 (DEADLINE_EXCEEDED)."""
+    started = time.monotonic()
+    run = silent_server("--timeout", "1", "balance", "acme")
+    assert run.code == 1 and "DEADLINE_EXCEEDED" in run.stderr, run
+    assert time.monotonic() - started < 3.5  # 4 attempts of 1 s took 4.2 s and more
 
 
 # ------------------------------------------------------------------ usage errors and the console

@@ -1,9 +1,13 @@
 """The server's standard services: gRPC health checking and server reflection."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.support.inproc import running
 
 SERVICES = ["quota.v1.QuotaService", "quota.v1.AdminService"]
 
@@ -46,3 +50,12 @@ async def test_reflection_answers_under_the_v1_name_too(server):
     names = {s.name for s in responses[0].list_services_response.service}
     assert set(SERVICES) <= names
     assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+async def test_startup_line_names_the_port_bound(server_config_data, manual_clock, caplog):
+    """Goal: with listen = "127.0.0.1:0" the startup line reports the port picked (it said
+    port 0, so nothing told where the server listens)."""
+    caplog.set_level(logging.INFO, logger="quota.server")
+    async with running(server_config_data, manual_clock) as srv:
+        assert srv.port != 0
+        assert f"serving on 127.0.0.1:{srv.port} (plaintext" in caplog.text, caplog.text
