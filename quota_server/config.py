@@ -215,7 +215,7 @@ def _parse_redis_url(url: str, scheme: str) -> StorageUrl:
         raise ValueError("query parameters are not supported")
     db_text = parts.path.removeprefix("/")
     if db_text and not (db_text.isascii() and db_text.isdigit()):
-        raise ValueError(f"the database must be a non-negative integer, got {db_text!r}")
+        raise ValueError(f"the database must be a non-negative integer, not {db_text!r}")
     unquote = urllib.parse.unquote
     return StorageUrl(
         url=url, scheme=scheme, host=parts.hostname, port=6379 if port is None else port,
