@@ -102,6 +102,9 @@ class StorageConfig:
     on_lease_held: str = "fail"  # another live owner holds the lease: "fail" or "wait"
     timeout_ms: int = 5_000  # one storage round trip; slower counts as failed, then retried
     snapshot_fork: bool = True  # serialize snapshots in a forked child, off the event loop
+    # During a storage outage, answer calls that only touch rate limits (accounts on an
+    # `unlimited` plan) once applied, persisted when storage returns (see DataPlane.submit).
+    fail_open_rate_limits: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -473,7 +476,7 @@ def _tls_files(t: _Table) -> dict[str, str]:
 
 def _parse_storage(data: object) -> StorageConfig:
     t = _Table(data, "storage", ("url", "snapshot_every_records", "lease_ttl_ms",
-                                 "on_lease_held", "timeout_ms", "snapshot_fork"))
+                                 "on_lease_held", "timeout_ms", "snapshot_fork", "fail_open_rate_limits"))
     d = StorageConfig()
     url_text = t.string("url", DEFAULT_STORAGE_URL)
     try:
@@ -489,6 +492,7 @@ def _parse_storage(data: object) -> StorageConfig:
         on_lease_held=t.choice("on_lease_held", d.on_lease_held, ON_LEASE_HELD),
         timeout_ms=t.duration_ms("timeout_ms", d.timeout_ms),
         snapshot_fork=t.boolean("snapshot_fork", d.snapshot_fork),
+        fail_open_rate_limits=t.boolean("fail_open_rate_limits", d.fail_open_rate_limits),
     )
 
 

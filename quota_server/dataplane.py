@@ -133,6 +133,7 @@ class DataPlane:
         self.hold_ttl_ms = config.defaults.hold_ttl_ms
         self.hold_ttl_max_ms = config.defaults.hold_ttl_max_ms
         self.accounts = AccountIndex(engine)
+        self.fail_open = config.storage.fail_open_rate_limits
         self.wire = _wire.WireCodec(
             accounts=self.accounts, plans=self.plans, prices=self.prices, engine=engine,
             hold_ttl_ms=self.hold_ttl_ms, hold_ttl_max_ms=self.hold_ttl_max_ms, meta_fn=self._meta,
@@ -140,6 +141,18 @@ class DataPlane:
         )
 
     # ------------------------------------------------------------------ shared helpers
+
+    async def submit(self, op: tuple, derive=None) -> tuple:
+        """Engine.submit for a unary mutation. With `[storage] fail_open_rate_limits`, one on an
+        account whose plan is `unlimited` (it touches rate limits and usage, never credit) fails
+        open while storage is down: answered once applied, persisted when storage returns.
+        Every other mutation is refused then (UNAVAILABLE), as credit must never fail open."""
+        engine = self.engine
+        if engine.storage_down and self.fail_open:
+            plan = self._plan_of(op[1])
+            if plan is not None and plan.unlimited:
+                return await engine.submit(op, derive, fail_open=True)
+        return await engine.submit(op, derive)
 
     def _credit_events(self, account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
         """The events of a commit's or charge's usage: `usage.uncollected` for a cost it could
@@ -512,7 +525,7 @@ class QuotaServicer(pb_grpc.QuotaServiceServicer):
     async def _mutate(self, prepare, request, context):
         try:
             prepared = prepare(request)
-            result = await self.engine.submit(prepared.op, prepared.derive) if prepared.op is not None else None
+            result = await self.dp.submit(prepared.op, prepared.derive) if prepared.op is not None else None
             return prepared.respond(result)
         except QuotaError as exc:
             await abort_with(context, exc)
@@ -562,10 +575,10 @@ class QuotaServicer(pb_grpc.QuotaServiceServicer):
             if decoded is None:  # not certainly valid: the Python path judges it (a DecodeError
                 # propagates as the deserializer's would: UNKNOWN "Unexpected <DecodeError>: ...")
                 prepared = prepare(request_type.FromString(data))
-                result = await self.engine.submit(prepared.op, prepared.derive) if prepared.op is not None else None
+                result = await self.dp.submit(prepared.op, prepared.derive) if prepared.op is not None else None
                 return prepared.respond(result).SerializeToString()
             op, derive = decoded
-            return self.wire.encode(kind, op, await self.engine.submit(op, derive))
+            return self.wire.encode(kind, op, await self.dp.submit(op, derive))
         except QuotaError as exc:
             await abort_with(context, exc)
 

@@ -72,13 +72,15 @@ class EngineOptions:
 class _Pending:
     """One submission: a single op (a unary RPC) or a group of ops (a Batch) with one future."""
 
-    __slots__ = ("ops", "derives", "future", "single")
+    __slots__ = ("ops", "derives", "future", "single", "early")
 
-    def __init__(self, ops: list[tuple], derives: list | None, future: asyncio.Future, single: bool) -> None:
+    def __init__(self, ops: list[tuple], derives: list | None, future: asyncio.Future, single: bool,
+                 early: bool = False) -> None:
         self.ops = ops
         self.derives = derives  # aligned with ops, a GroupDeriver, or None when nothing derives
         self.future = future
         self.single = single
+        self.early = early  # answered once applied, not once durable (Engine.submit fail_open)
 
 
 class _Flush:
@@ -238,12 +240,22 @@ class Engine:
         if self.storage_down:
             raise Unavailable()
 
-    async def submit(self, op: tuple, derive: Derive | None = None) -> tuple:
-        """Apply one mutation; returns its result once it is durable."""
-        self._check_accepting()
+    async def submit(self, op: tuple, derive: Derive | None = None, *, fail_open: bool = False) -> tuple:
+        """Apply one mutation; returns its result once it is durable.
+
+        With `fail_open`, while storage is down the mutation is accepted anyway and answered
+        as soon as it is applied; it is persisted with the first write that lands once storage
+        is back (lost if the server stops before). Only for what may fail open: calls that
+        touch rate limits only (DataPlane.submit), never credit."""
+        early = fail_open and self.storage_down
+        if early:
+            if self.fatal is not None or not self._accepting:
+                raise ShuttingDown()
+        else:
+            self._check_accepting()
         if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
-        return await self._enqueue([op], None if derive is None else [derive], True)
+        return await self._enqueue([op], None if derive is None else [derive], True, early)
 
     async def submit_many(self, items: list[tuple[tuple, Derive | None]]) -> list[tuple]:
         """Apply several mutations (Batch) in order; their results once all are durable.
@@ -267,13 +279,13 @@ class Engine:
             raise Overloaded()
         return await self._enqueue(ops, deriver, False)
 
-    def _enqueue(self, ops: list[tuple], derives: Any, single: bool) -> asyncio.Future:
+    def _enqueue(self, ops: list[tuple], derives: Any, single: bool, early: bool = False) -> asyncio.Future:
         """Queue a submission (checked by the caller) and wake the flush loop; its future."""
         future = self._loop.create_future()
-        self._pending.append(_Pending(ops, derives, future, single))
+        self._pending.append(_Pending(ops, derives, future, single, early))
         self._queued_ops += len(ops)
         self._wake.set()
-        if self._waiter is not None and self._queued_ops >= self._wake_at_ops:
+        if self._waiter is not None and (self._queued_ops >= self._wake_at_ops or early):
             self._release_waiter()
         return future
 
@@ -310,7 +322,9 @@ class Engine:
         try:
             while self._running:
                 if write is not None and not write.done():
-                    if self._queued_ops >= eager and (applied is None or applied.n_ops < room):
+                    # While storage is down, only fail-open calls are queued: apply them at once.
+                    if ((self._queued_ops >= eager or (self.storage_down and self._queued_ops))
+                            and (applied is None or applied.n_ops < room)):
                         # Enough is waiting: apply it now, behind the write (into the same
                         # record as whatever was applied behind it already).
                         applied = self._behind = self._apply_taken(applied, room - (applied.n_ops if applied else 0))
@@ -493,6 +507,13 @@ class Engine:
                     log.exception("threshold notifications failed for this batch (its writes go on)")
         if event_specs:
             flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
+        if any(item.early for item in batch):  # fail-open calls during an outage: answered now
+            index = 1
+            for item in batch:
+                size = len(item.ops)
+                if item.early and not item.future.done():
+                    item.future.set_result(results[index] if item.single else results[index:index + size])
+                index += size
         return flush
 
     def _seal(self, flush: _Flush) -> None:

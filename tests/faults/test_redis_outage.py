@@ -214,6 +214,31 @@ async def test_usage_and_event_reads_during_an_outage_are_unavailable(redis_serv
         assert [u.charge_id for u in (await client.list_usage(ACCOUNTS[0])).records] == ["before"]
 
 
+async def test_rate_limit_only_calls_fail_open_when_configured_and_credit_never(redis_server, spawn):
+    """Goal: with [storage] fail_open_rate_limits, while Redis is down a charge on an account whose
+    plan is unlimited (rate limits only) is still judged and answered (its rate limit applies in
+    memory), and is persisted once Redis is back: its usage record is there and a retry gets the
+    original result; a charge on a prepaid account (credit) is refused UNAVAILABLE all the same."""
+    server = spawn(redis_server.url, lease_ttl_ms=30_000, timeout_ms=1_000, fail_open_rate_limits=True)
+    await server.start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+        await client.upsert_account("sub", plan_id="unlimited")
+        await asyncio.to_thread(redis_server.stop, True)
+        try:
+            await wait_health(server.target, NOT_SERVING, timeout_s=20, what="with Redis dead")
+            with pytest.raises(QuotaError) as refused:
+                await client.charge(ACCOUNTS[0], charge_id="credit", amount=PRICE, timeout=10.0)
+            assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+            answered = [await client.charge("sub", charge_id=f"open-{i}", amount=1, timeout=10.0) for i in range(4)]
+            assert [r.decision.name for r in answered] == ["OK", "OK", "OK", "RATE_LIMITED"]  # 3 per second
+        finally:
+            await asyncio.to_thread(redis_server.start)
+        await wait_health(server.target, SERVING, timeout_s=30, what="after Redis came back")
+        assert (await client.charge("sub", charge_id="open-0", amount=1)) == answered[0]   # the stored result
+        assert sorted(u.charge_id for u in (await client.list_usage("sub")).records) == ["open-0", "open-1", "open-2"]
+
+
 async def _drain(stream) -> None:
     async for _ in stream:
         pass
