@@ -51,9 +51,12 @@ class ApiKeyAuth(grpc.aio.ServerInterceptor):
         if service not in (QUOTA_SERVICE, ADMIN_SERVICE):
             return await continuation(details)
         role = self.role_of(details.invocation_metadata)
-        if role is None:
+        if role is None and not _bearer_key(details.invocation_metadata):
             error = QuotaError("UNAUTHENTICATED", "this call needs an API key: metadata "
                                "'authorization: Bearer <key>' with a key the server accepts")
+        elif role is None:
+            error = QuotaError("UNAUTHENTICATED", "the API key is not one this server accepts (check [auth] keys "
+                               "and the key the caller sends)")
         elif service == ADMIN_SERVICE and role != "admin":
             error = QuotaError("PERMISSION_DENIED", "this API key may call QuotaService only (role \"data\")")
         else:

@@ -44,6 +44,8 @@ async def test_calls_without_a_known_key_are_unauthenticated_and_change_nothing(
                      server.admin.Grant(apb.GrantRequest(account_id="a", grant_id="g", amount=5), metadata=metadata)]:
             failure = await fails(call)
             assert (failure.code, failure.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+            wrong_key = metadata == bearer("not-a-key-0123456789")
+            assert ("not one this server accepts" in failure.message) == wrong_key, failure.message
         stream = server.admin.WatchEvents(apb.WatchEventsRequest(after_event_id="0"), metadata=metadata)
         with pytest.raises(grpc.RpcError) as info:
             await stream.read()
