@@ -287,6 +287,18 @@ cdef class Ledger:
     def account_ids(self):
         return sorted([(<Account>a).aid for a in self.accounts])
 
+    def accounts_off_terms(self, terms):
+        """Accounts whose plan is in `terms` ({plan_id: (max_open_holds, unlimited)}) but whose
+        own copy of those terms differs: [(account_id, max_open_holds, unlimited)] as wanted."""
+        cdef list out = []
+        cdef Account a
+        cdef object want
+        for a in self.accounts:
+            want = terms.get(a.plan_id)
+            if want is not None and (a.max_open_holds != want[0] or bool(a.unlimited) != bool(want[1])):
+                out.append((a.aid, want[0], bool(want[1])))
+        return out
+
     def plan_counts(self):
         """How many accounts are on each plan id: {plan_id: count}."""
         cdef dict counts = {}

@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from quota.v1 import admin_service_pb2, admin_service_pb2_grpc, quota_service_pb2
 
+from _fastledger import codes as C
+
 from .admin import AdminServicer
 from .dataplane import DataPlane, QuotaServicer, derive_expired, add_quota_service
 from .engine import Engine, EngineOptions
@@ -31,6 +33,7 @@ from .auth import ApiKeyAuth
 from .notify import Thresholds
 from .renewal import IncludedCredits
 from .msgsize import SizeLimitedServer, grpc_receive_limit
+from .errors import QuotaError
 from .storage import LeaseHeld, Storage, StorageError, storage_from_url
 
 log = logging.getLogger("quota.server")
@@ -40,6 +43,7 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 LEASE_WAIT_POLL_S = 0.5
+PLAN_TERMS_CHUNK = 512  # account updates per engine submission (see _apply_plan_terms)
 LEASE_WAIT_LOG_EVERY = 60  # polls between "waiting" log lines (30 s)
 FAST_WIRE_ENV = "QUOTA_FAST_WIRE"  # "0" serves QuotaService through the generated (de)serializers only
 
@@ -107,6 +111,7 @@ class QuotaServer:
         except StorageError as exc:  # unreachable, unreadable, or not this server's format
             await self._close_storage_quietly()
             raise StartupError(f"storage.url: cannot open the storage ({exc})") from None
+        await self._apply_plan_terms()  # before any call can change an account meanwhile
         max_bytes = self.config.server.max_message_bytes
         auth = self.config.auth
         if auth.enabled:
@@ -157,6 +162,23 @@ class QuotaServer:
         # The port bound, not the one asked for: listen = "host:0" picks a free one.
         address = f"{self.config.server.listen.rsplit(':', 1)[0]}:{self.port}"
         log.info("serving on %s (%s; storage %s)", address, tls, self.config.storage.url.redacted())
+
+    async def _apply_plan_terms(self) -> None:
+        """A plan's max_open_holds and unlimited are copied to an account when it joins the
+        plan; bring the accounts already on it in line with the plan as configured now."""
+        terms = {name: (self.config.plans[name].max_open_holds, self.config.plans[name].unlimited)
+                 for name in self.config.plans}
+        off = self.engine.ledger.accounts_off_terms(terms)
+        try:
+            for start in range(0, len(off), PLAN_TERMS_CHUNK):
+                await self.engine.submit_many([
+                    ((C.OP_UPSERT, account_id, None, C.ACCOUNT_KEEP, None, max_open_holds, unlimited), None)
+                    for account_id, max_open_holds, unlimited in off[start:start + PLAN_TERMS_CHUNK]])
+        except QuotaError as exc:  # storage gone again: the next start applies what is left
+            log.warning("applying the plans' max_open_holds / unlimited to their accounts failed: %s", exc)
+            return
+        if off:
+            log.info("%d account(s) given their plan's current max_open_holds / unlimited", len(off))
 
     def _warn_unknown_plans(self) -> None:
         """A warning per plan id that accounts are on but the configuration no longer defines:

@@ -295,3 +295,24 @@ async def test_soft_limit_warns_with_limit_low_before_the_limit_blocks(server_co
         for i in range(11, 19):
             assert (await srv.quota.Charge(charge("s-1", f"c{i}", amount=1))).decision == OK
         assert await lows() == [warning, warning]                          # armed again, warned again
+
+
+async def test_changed_plan_terms_reach_the_accounts_on_the_plan(server_config_data, manual_clock):
+    """Goal: max_open_holds and unlimited, copied to an account when it joins its plan, follow
+    the plan as configured when the server starts (they used to stay as they were at joining,
+    with no way to refresh them short of leaving and re-joining the plan)."""
+    server_config_data["plans"]["capped"] = {"max_open_holds": 1}
+    async with running(server_config_data, manual_clock) as srv:
+        await srv.open_account("k-1", "capped")
+        await srv.admin.Grant(apb.GrantRequest(account_id="k-1", grant_id="g", amount=100))
+        assert (await srv.quota.Reserve(reserve("k-1", "r1", amount=1))).decision == OK
+        assert (await srv.quota.Reserve(reserve("k-1", "r2", amount=1))).decision == CONCURRENCY
+        await srv.open_account("k-2", "capped")
+        assert (await srv.quota.Charge(charge("k-2", "c1", amount=5))).decision == INSUFFICIENT
+    server_config_data["plans"]["capped"] = {"max_open_holds": 2, "unlimited": True}
+    async with running(server_config_data, manual_clock) as srv:
+        assert (await srv.quota.Reserve(reserve("k-1", "r2", amount=1))).decision == OK
+        assert (await srv.quota.Reserve(reserve("k-1", "r3", amount=1))).decision == CONCURRENCY
+        assert (await srv.quota.Charge(charge("k-2", "c1", amount=5))).decision == OK  # no credit check now
+        account = await srv.admin.GetAccount(apb.GetAccountRequest(account_id="k-2"))
+        assert account.account.plan_id == "capped"
