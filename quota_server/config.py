@@ -83,6 +83,9 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC receive/send limit
     max_batch_ops: int = 1_000  # ops in one Batch RPC
     grace_period_ms: int = 10_000  # on SIGTERM: time to finish and persist in-flight work
+    # On SIGTERM, before the listener closes: health NOT_SERVING and new mutations refused with
+    # SHUTTING_DOWN, for this long, so health checkers and clients see it and go elsewhere.
+    shutdown_drain_ms: int = 500
     flush_max_ops: int = 4_096  # operations in one persisted batch
     flush_window_us: int = 2_000  # adaptive group commit: longest wait for more small ops
     tls_cert_file: str = ""  # PEM certificate chain: serve TLS (with tls_key_file)
@@ -443,7 +446,7 @@ def _sha256_problem(value: str) -> str | None:
 
 def _parse_server(data: object) -> ServerConfig:
     t = _Table(data, "server", ("listen", "max_queue", "max_message_bytes", "max_batch_ops",
-                                "grace_period_ms", "flush_max_ops", "flush_window_us", "tls_cert_file",
+                                "grace_period_ms", "shutdown_drain_ms", "flush_max_ops", "flush_window_us", "tls_cert_file",
                                 "tls_key_file", "tls_client_ca_file"))
     d = ServerConfig()
     max_queue = t.integer("max_queue", d.max_queue, minimum=1, maximum=10**9)
@@ -455,6 +458,7 @@ def _parse_server(data: object) -> ServerConfig:
         max_batch_ops=t.integer("max_batch_ops", min(d.max_batch_ops, max_queue), minimum=1,
                                 maximum=max_queue),
         grace_period_ms=t.duration_ms("grace_period_ms", d.grace_period_ms, minimum=0),
+        shutdown_drain_ms=t.integer("shutdown_drain_ms", d.shutdown_drain_ms, maximum=60_000),
         flush_max_ops=t.integer("flush_max_ops", d.flush_max_ops, minimum=1, maximum=10**9),
         flush_window_us=t.integer("flush_window_us", d.flush_window_us, minimum=0, maximum=1_000_000),
         **_tls_files(t),

@@ -197,6 +197,11 @@ class Engine:
             self.seq, recovered.snapshot_seq, len(recovered.records), self.epoch,
         )
 
+    def stop_accepting(self) -> None:
+        """New mutations are refused from now on (UNAVAILABLE / SHUTTING_DOWN); what is already
+        submitted goes on (the start of a graceful stop)."""
+        self._accepting = False
+
     async def stop(self) -> None:
         """Stop accepting, finish and persist in-flight work, release the lease."""
         self._accepting = False

@@ -1,7 +1,8 @@
 """Assemble and run the server: storage → lease → recovery → gRPC → health SERVING.
 
-Shutdown (SIGTERM/SIGINT): health NOT_SERVING → stop accepting RPCs → finish and persist
-in-flight work → release the lease → exit 0. A lost lease or a broken invariant stops serving
+Shutdown (SIGTERM/SIGINT): health NOT_SERVING and new mutations refused (SHUTTING_DOWN) for
+`shutdown_drain_ms` → stop accepting RPCs → finish and persist in-flight work → release the
+lease → exit 0. A lost lease or a broken invariant stops serving
 at once and exits non-zero.
 """
 
@@ -240,6 +241,11 @@ class QuotaServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._renewal_task
             await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.engine.stop_accepting()
+            if self.grpc_server is not None and self.config.server.shutdown_drain_ms:
+                # Still listening: health checks see NOT_SERVING, a call that arrives (or was
+                # on its way) is answered SHUTTING_DOWN rather than cut off, in-flight work goes on.
+                await asyncio.sleep(self.config.server.shutdown_drain_ms / 1000)
             if self.admin is not None:
                 await self.admin.close_streams()
             if self.grpc_server is not None:

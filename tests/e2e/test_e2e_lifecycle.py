@@ -8,7 +8,7 @@ import signal
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from quota_client import NO_RETRY, AsyncQuotaClient
+from quota_client import NO_RETRY, AsyncQuotaClient, QuotaError
 
 from tests.support.subproc import run_once
 
@@ -52,6 +52,33 @@ async def test_sigterm_drains_reports_not_serving_and_exits_zero(spawn_server):
         assert acknowledged <= on_books
         balance = await client.get_balance("acct")
         assert balance.balance == 10_000 - len(on_books)
+
+
+async def test_sigterm_drain_shows_not_serving_and_refuses_new_calls_with_shutting_down(spawn_server):
+    """Goal (regression: health checks after SIGTERM failed at once, NOT_SERVING could not be
+    seen by polling, and calls on their way were cut off with CANCELLED): during
+    shutdown_drain_ms the server still listens, a health Check answers NOT_SERVING, a new
+    mutation is refused UNAVAILABLE / SHUTTING_DOWN (retryable elsewhere, not applied), and then
+    it exits 0."""
+    server = await spawn_server(server={"shutdown_drain_ms": 3_000}).start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY, timeout=10) as client:
+        await client.upsert_account("acct", plan_id="prepaid")
+        await client.grant("acct", 100, grant_id="g")
+        server.send_signal(signal.SIGTERM)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while (await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status != NOT_SERVING:
+                assert loop.time() < deadline, "health never said NOT_SERVING"
+                await asyncio.sleep(0.02)
+        with pytest.raises(QuotaError) as refused:
+            await client.charge("acct", charge_id="late", amount=1)
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    assert await server.wait_exit() == 0, server.output()
+    await server.restart()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        assert (await client.get_balance("acct")).available == 100  # "late" was not applied
 
 
 async def test_sigterm_ends_open_watch_streams_with_shutting_down(spawn_server):

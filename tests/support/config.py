@@ -64,7 +64,8 @@ def sqlite_url(path: Path | str) -> str:
 def config_data(db_path: Path | str, *, listen: str = "127.0.0.1:0", **sections: dict[str, Any]) -> dict[str, Any]:
     """The standard config as a TOML-shaped dict; `sections` are merged over its top-level tables."""
     data: dict[str, Any] = {
-        "server": {"listen": listen},
+        # No shutdown drain: a test server stops at once (test_shutdown_drain covers the drain).
+        "server": {"listen": listen, "shutdown_drain_ms": 0},
         "storage": {"url": sqlite_url(db_path)},
         "defaults": {"hold_ttl_ms": HOLD_TTL_MS},
         "plans": copy.deepcopy(PLANS),
