@@ -242,9 +242,10 @@ class QuotaServer:
                     await self._renewal_task
             await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
             self.engine.stop_accepting()
-            if self.grpc_server is not None and self.config.server.shutdown_drain_ms:
+            if self.grpc_server is not None and self.config.server.shutdown_drain_ms and self.engine.fatal is None:
                 # Still listening: health checks see NOT_SERVING, a call that arrives (or was
                 # on its way) is answered SHUTTING_DOWN rather than cut off, in-flight work goes on.
+                # Not after a fatal error (a lost lease): that server must stop serving at once.
                 await asyncio.sleep(self.config.server.shutdown_drain_ms / 1000)
             if self.admin is not None:
                 await self.admin.close_streams()

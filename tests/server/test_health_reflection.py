@@ -1,6 +1,7 @@
 """The server's standard services: gRPC health checking and server reflection."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -59,3 +60,13 @@ async def test_startup_line_names_the_port_bound(server_config_data, manual_cloc
     async with running(server_config_data, manual_clock) as srv:
         assert srv.port != 0
         assert f"serving on 127.0.0.1:{srv.port} (plaintext" in caplog.text, caplog.text
+
+
+async def test_a_fatal_stop_does_not_drain(server_config_data, manual_clock):
+    """Goal: a server that must stop serving at once (a lost lease, a broken invariant) skips
+    the shutdown drain: it does not go on answering for shutdown_drain_ms."""
+    server_config_data["server"]["shutdown_drain_ms"] = 20_000
+    async with running(server_config_data, manual_clock) as srv:
+        srv.engine._die(RuntimeError("a broken invariant, for this test"))
+        await asyncio.wait_for(srv.server.wait(), 10)
+        assert srv.server.exit_code == 2
