@@ -239,10 +239,10 @@ class Engine:
 
     # ------------------------------------------------------------------ submitting
 
-    def _check_accepting(self) -> None:
+    def _check_accepting(self, *, storage_down_ok: bool = False) -> None:
         if self.fatal is not None or not self._accepting:
             raise ShuttingDown()
-        if self.storage_down:
+        if self.storage_down and not storage_down_ok:
             raise Unavailable()
 
     async def submit(self, op: tuple, derive: Derive | None = None, *, fail_open: bool = False) -> tuple:
@@ -253,11 +253,7 @@ class Engine:
         is back (lost if the server stops before). Only for what may fail open: calls that
         touch rate limits only (DataPlane.submit), never credit."""
         early = fail_open and self.storage_down
-        if early:
-            if self.fatal is not None or not self._accepting:
-                raise ShuttingDown()
-        else:
-            self._check_accepting()
+        self._check_accepting(storage_down_ok=early)
         if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
         return await self._enqueue([op], None if derive is None else [derive], True, early)
@@ -478,6 +474,8 @@ class Engine:
             event_specs.append(("credits.expired", account_id, {"grant_id": grant_id, "amount": str(amount)}))
         index = 1
         for item in batch:
+            if item.early and not item.future.done():  # fail-open during an outage: answered now
+                item.future.set_result(results[index] if item.single else results[index:index + len(item.ops)])
             derives = item.derives
             if derives is not None and type(derives) is not list:
                 derives.derive_into(results, index, replayed, now_ms, usage, event_specs, packed)
@@ -512,13 +510,6 @@ class Engine:
                     log.exception("threshold notifications failed for this batch (its writes go on)")
         if event_specs:
             flush.event_specs.extend((etype, account_id, attrs, now_ms) for etype, account_id, attrs in event_specs)
-        if any(item.early for item in batch):  # fail-open calls during an outage: answered now
-            index = 1
-            for item in batch:
-                size = len(item.ops)
-                if item.early and not item.future.done():
-                    item.future.set_result(results[index] if item.single else results[index:index + size])
-                index += size
         return flush
 
     def _seal(self, flush: _Flush) -> None:

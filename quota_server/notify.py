@@ -51,8 +51,7 @@ class Thresholds:
         now_ns = now_ms * NS_PER_MS
         periods: dict[str, int] = {}  # plan -> start of its current period (one calendar sum per call)
         for account_id in sorted(touched):  # a fixed order: the event ids do not depend on set order
-            entry = self.accounts.lookup(account_id)
-            plan = self.plans.get(entry[0]) if entry is not None else None
+            plan = self._plan_of(account_id)
             if plan is None:
                 continue
             if plan.included_credits > 0:
@@ -63,9 +62,8 @@ class Thresholds:
             if any(lim.warn_at_percent for lim in plan.limits):
                 self._soft_limits(ledger, account_id, plan, now_ns, events)
             if plan.low_balance > 0:
-                view = ledger.account_view(account_id, now_ns)
-                available = view["available"] if view is not None else None
-                if available is None or available > plan.low_balance:
+                available = _low_available(ledger, account_id, plan, now_ns)
+                if available is None:
                     self.low.discard(account_id)
                 elif account_id not in self.low:
                     self.low.add(account_id)
@@ -93,11 +91,14 @@ class Thresholds:
         `available` is back above their plan's threshold."""
         ledger = self.engine.ledger
         for account_id in account_ids:
-            entry = self.accounts.lookup(account_id)
-            plan = self.plans.get(entry[0]) if entry is not None else None
-            view = ledger.account_view(account_id, now_ms * NS_PER_MS)
-            if plan is None or plan.low_balance <= 0 or view is None or view["available"] > plan.low_balance:
+            plan = self._plan_of(account_id)
+            if plan is None or plan.low_balance <= 0 or _low_available(
+                    ledger, account_id, plan, now_ms * NS_PER_MS) is None:
                 self.low.discard(account_id)
+
+    def _plan_of(self, account_id: str) -> Any:
+        entry = self.accounts.lookup(account_id)
+        return self.plans.get(entry[0]) if entry is not None else None
 
     def _included(self, ledger: Any, account_id: str, plan: Any, start: int, events: list) -> None:
         used = included_used(ledger, account_id, plan, start)
@@ -115,6 +116,14 @@ class Thresholds:
                 }))
                 level = threshold
         self._announced[account_id] = (start, level)
+
+
+def _low_available(ledger: Any, account_id: str, plan: Any, now_ns: int) -> int | None:
+    """The account's `available` if it is at or below the plan's `low_balance`, else None."""
+    view = ledger.account_view(account_id, now_ns)
+    if view is None or view["available"] > plan.low_balance:
+        return None
+    return view["available"]
 
 
 __all__ = ["PERCENTS", "Thresholds"]
