@@ -13,6 +13,7 @@ inclusive cost per op is largest. Valgrind runs the process about 50 times slowe
     python benchmarks/callgrind_batch.py                   # marginal instructions per op
     python benchmarks/callgrind_batch.py --top 30          # and where they go
     python benchmarks/callgrind_batch.py --storage memory://
+    python benchmarks/callgrind_batch.py --storage redis://127.0.0.1:6390/0   # emptied before each run
 
 Needs valgrind (Debian's package) and the installed server (`pip install ./clients .`).
 Instruction counts are not times: they leave out cache misses and waiting, and they are the
@@ -89,6 +90,19 @@ def count(out_file: Path, inclusive: bool) -> dict[str, int]:
     return totals
 
 
+def empty_redis(storage: str) -> None:
+    """Both runs start on empty storage: with a Redis URL, its database is emptied first (else
+    the second run would begin by recovering, replaying the first run's records, and count it)."""
+    if storage.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(storage)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, nargs=2, default=(20, 60), metavar=("FEW", "MANY"))
@@ -109,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = []
         for rounds in (few, many):
             storage = args.storage or f"sqlite:///{tmp}/quota-{rounds}.db"
+            empty_redis(storage)
             out = Path(tmp) / f"callgrind.{rounds}.out"
             started = time.monotonic()
             subprocess.run(
