@@ -384,6 +384,57 @@ class _SSLConnection(_PackInOneGo, aioredis.SSLConnection):
 _CONNECTION_CLASSES = {aioredis.Connection: _Connection, aioredis.SSLConnection: _SSLConnection}
 
 
+class _Writer:
+    """The connection the append script goes out on: one `Connection` of the client's pool,
+    taken out of it and driven directly (send, then read the reply). A flush's write then skips
+    redis-py's per-command layers (client, pool, retry and observability wrappers): measured on
+    uvloop, a command through the client costs the event loop 80-90 us of CPU, a send and a read
+    on one connection 35-40 us. The connection keeps the pool's settings (TLS, credentials,
+    database, socket timeouts). Failures are handled as the client's Retry does: one immediate
+    retry on a new connection after a connection error (the write is idempotent), none after a
+    timeout. One call at a time: the engine has one flush in flight, and `busy` tells a caller
+    that overlaps anyway to use the client instead."""
+
+    __slots__ = ("_pool", "_conn", "_retries", "busy")
+
+    def __init__(self, pool: Any, retries: int) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._retries = retries
+        self.busy = False
+
+    async def call(self, args: tuple) -> Any:
+        self.busy = True
+        try:
+            attempt = 0
+            while True:
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = self._pool.make_connection()
+                try:
+                    if not conn.is_connected:
+                        await conn.connect()
+                    await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+                    return await conn.read_response()
+                except rex.ConnectionError:
+                    await self.drop()
+                    if attempt >= self._retries:
+                        raise
+                    attempt += 1
+                except (rex.TimeoutError, OSError, TimeoutError, asyncio.CancelledError):
+                    # The reply may still come: this connection's next read would take it as
+                    # the reply to the next command.
+                    await self.drop()
+                    raise
+        finally:
+            self.busy = False
+
+    async def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+
 class RedisStorage(Storage):
     """Storage in one Redis database (``redis://`` or ``rediss://`` for TLS)."""
 
@@ -417,6 +468,7 @@ class RedisStorage(Storage):
         self.k_usage_top = p + "usage_top"
         self.k_events = p + "events"
         self._client: aioredis.Redis | None = None
+        self._writer: _Writer | None = None
 
     def usage_key(self, account_id: str) -> str:
         return f"{self._prefix}usage:{account_id}"
@@ -429,11 +481,17 @@ class RedisStorage(Storage):
             raise StorageError("redis storage is not open")
         return self._client
 
-    async def _eval(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script again if the server lost it (restart, SCRIPT FLUSH)."""
+    async def _eval(self, script: _Script, keys: list[str], args: list[Any], *, hot: bool = False) -> Any:
+        """EVALSHA, loading the script again if the server lost it (restart, SCRIPT FLUSH).
+        `hot`: on the writer's own connection (`_Writer`), unless it is busy."""
         client = self.client
+        writer = self._writer if hot else None
+        if writer is not None and writer.busy:
+            writer = None
         try:
             try:
+                if writer is not None:
+                    return await writer.call(("EVALSHA", script.sha, len(keys), *keys, *args))
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             except rex.NoScriptError:
                 await client.script_load(script.source)
@@ -482,10 +540,14 @@ class RedisStorage(Storage):
             await client.aclose()
             raise
         self._client = client
+        self._writer = _Writer(pool, self._retries)
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.drop()
             await client.aclose()
 
     # -- lease -----------------------------------------------------------------------------
@@ -572,7 +634,7 @@ class RedisStorage(Storage):
             args += (index, account_id, at_ms, n, payloads, chunk_codec)
         for ev in events:
             args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
-        reply = await self._eval(_SCRIPTS["append"], keys, args)
+        reply = await self._eval(_SCRIPTS["append"], keys, args, hot=True)
         status = reply[0]
         if status in (b"OK", b"DUP"):
             return

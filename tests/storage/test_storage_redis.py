@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from quota_server.storage import Fenced, LeaseHeld, Recovered, StorageUnavailable, UsageRow
+from quota_server.storage import Fenced, LeaseHeld, Recovered, SequenceError, StorageUnavailable, UsageRow
 from quota_server.storage.redis import RedisStorage
 
 from .conftest import acquire_when_free, require_redis_server
@@ -74,6 +74,25 @@ async def test_frozen_server_times_out_and_the_retry_is_idempotent(
     await store.append(epoch, 2, b"r2", [UsageRow("u", T0 + 1, b"p2")], [])
     assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
     assert [r.payload async for r in store.iter_usage("u", 0, 0)] == [b"p1", b"p2"]
+
+
+async def test_a_late_reply_is_never_taken_for_the_next_calls(redis_server: RedisProcess, opened) -> None:
+    """A write that timed out may still be answered once the server wakes up; that reply must not
+    be read as the answer to the next write on the same connection (the append has a connection
+    of its own): the next call, a conflicting record for the same seq, is refused."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [], [])
+    redis_server.pause()
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.append(epoch, 2, b"r2", [], [])
+    finally:
+        redis_server.resume()
+    with pytest.raises(SequenceError):
+        await store.append(epoch, 2, b"other", [], [])
+    await store.append(epoch, 3, b"r3", [], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2"), (3, b"r3")])
 
 
 async def test_open_is_unavailable_when_nothing_listens(tmp_path: Path) -> None:
