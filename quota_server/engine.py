@@ -351,6 +351,7 @@ class Engine:
                 if applied is not None:
                     write = self._start_write(applied)
                     applied = self._behind = None
+                    await asyncio.sleep(0)  # let the write go out first (`_start_write`)
                     continue
                 if not self._pending:
                     self._idle.set()
@@ -361,6 +362,7 @@ class Engine:
                 if self._queued_ops < eager and self._window_s:
                     await self._linger()
                 write = self._start_write(self._apply_taken(None, room))
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
@@ -550,6 +552,11 @@ class Engine:
         return self.ledger.snapshot()
 
     def _start_write(self, flush: _Flush) -> asyncio.Task:
+        """Seal `flush` and start writing it. The caller then yields once, so that the write's
+        first step (handing the record to SQLite's thread, sending it to Redis) runs before
+        anything more is applied behind it: otherwise the write would only leave once that
+        apply (about a millisecond for a Batch of 1,000) is over, and its callers would wait
+        for it on top of the write itself."""
         try:
             self._seal(flush)
         except BaseException:
