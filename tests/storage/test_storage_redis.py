@@ -1,6 +1,7 @@
 """Redis-only behaviour on a real redis-server: outages, script cache, durability check, keys."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,19 @@ async def test_a_late_reply_is_never_taken_for_the_next_calls(redis_server: Redi
     with pytest.raises(SequenceError):
         await store.append(epoch, 2, b"other", [], [])
     await store.append(epoch, 3, b"r3", [], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2"), (3, b"r3")])
+
+
+async def test_overlapping_appends_do_not_share_a_connection(opened) -> None:
+    """The engine never has two appends in flight, but if it did, the second would not read the
+    first one's reply off the append's own connection: both land (the same record twice: one
+    write, one duplicate) and each gets its own answer."""
+    store = await opened()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [], [])
+    await asyncio.gather(*(store.append(epoch, 2, b"r2", [], []) for _ in range(3)))
+    with pytest.raises(SequenceError):
+        await asyncio.gather(store.append(epoch, 3, b"r3", [], []), store.append(epoch, 3, b"other", [], []))
     assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2"), (3, b"r3")])
 
 
