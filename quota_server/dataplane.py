@@ -106,6 +106,12 @@ class AccountIndex:
             self.entries[account_id] = entry
         return entry
 
+    def plan_of(self, account_id: str, plans: Any) -> Any:
+        """The account's plan from `plans` (a PlanCatalog), or None for an unknown account or
+        a plan the catalog does not define."""
+        entry = self.lookup(account_id)
+        return plans.get(entry[0]) if entry is not None else None
+
     @contextlib.contextmanager
     def changing(self, account_id: str) -> Iterator[None]:
         """Around the submission of an op that may change the account's plan or status."""
@@ -168,10 +174,7 @@ class DataPlane:
         return events
 
     def _plan_of(self, account_id: str) -> Plan | None:
-        entry = self.accounts.lookup(account_id)
-        if entry is None:
-            return None
-        return self.plans.get(entry[0])
+        return self.accounts.plan_of(account_id, self.plans)
 
     def _price(self, action: str, amount: int, quantities: dict[str, int], *, field: str = "amount") -> int:
         """The amount of a call: `amount` if given (it overrides the catalog), else the price."""

@@ -51,7 +51,7 @@ class Thresholds:
         now_ns = now_ms * NS_PER_MS
         periods: dict[str, int] = {}  # plan -> start of its current period (one calendar sum per call)
         for account_id in sorted(touched):  # a fixed order: the event ids do not depend on set order
-            plan = self._plan_of(account_id)
+            plan = self.accounts.plan_of(account_id, self.plans)
             if plan is None:
                 continue
             if plan.included_credits > 0:
@@ -91,14 +91,10 @@ class Thresholds:
         `available` is back above their plan's threshold."""
         ledger = self.engine.ledger
         for account_id in account_ids:
-            plan = self._plan_of(account_id)
+            plan = self.accounts.plan_of(account_id, self.plans)
             if plan is None or plan.low_balance <= 0 or _low_available(
                     ledger, account_id, plan, now_ms * NS_PER_MS) is None:
                 self.low.discard(account_id)
-
-    def _plan_of(self, account_id: str) -> Any:
-        entry = self.accounts.lookup(account_id)
-        return self.plans.get(entry[0]) if entry is not None else None
 
     def _included(self, ledger: Any, account_id: str, plan: Any, start: int, events: list) -> None:
         used = included_used(ledger, account_id, plan, start)

@@ -18,7 +18,7 @@ from quota.v1 import admin_service_pb2_grpc, quota_service_pb2_grpc
 
 from . import ops
 from ._base import DEFAULT_RETRY, DEFAULT_TIMEOUT_S, ClientBase, Metadata, open_channel
-from .errors import from_rpc_error
+from .errors import from_rpc_error, from_status
 from .reservation import AsyncReservation
 from .results import (
     Account,
@@ -85,6 +85,16 @@ class AsyncQuotaClient(ClientBase):
         )
         self._stubs: tuple[Any, Any] | None = None
         self._sleep = sleep
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the channel is connected to the server; ``Unavailable`` if it is not
+        within ``timeout`` seconds (as QuotaClient.wait_ready)."""
+        self._stub(False)  # opens the channel
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except asyncio.TimeoutError:
+            raise from_status(grpc.StatusCode.UNAVAILABLE,
+                              f"not connected to the server within {timeout:g} s") from None
 
     def _stub(self, admin: bool) -> Any:
         """The service stub, opening the channel on first use: a grpc.aio channel belongs

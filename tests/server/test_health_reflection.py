@@ -70,3 +70,18 @@ async def test_a_fatal_stop_does_not_drain(server_config_data, manual_clock):
         srv.engine._die(RuntimeError("a broken invariant, for this test"))
         await asyncio.wait_for(srv.server.wait(), 10)
         assert srv.server.exit_code == 2
+
+
+async def test_wait_ready_returns_once_connected_and_is_unavailable_when_nothing_answers(server):
+    """AsyncQuotaClient.wait_ready (as QuotaClient's, which quotactl events tail uses): returns
+    against a serving server; Unavailable within its timeout against an address nobody serves."""
+    from quota_client import AsyncQuotaClient
+    from quota_client.errors import Unavailable
+
+    from tests.support.subproc import free_port
+
+    async with AsyncQuotaClient(server.target) as client:
+        await client.wait_ready(10)
+    async with AsyncQuotaClient(f"127.0.0.1:{free_port()}") as client:
+        with pytest.raises(Unavailable, match="within 0.3 s"):
+            await client.wait_ready(0.3)
