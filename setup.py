@@ -28,6 +28,13 @@ extensions = [
         define_macros=[("QUOTA_DEBUG", "1" if DEBUG else "0")],
         extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
     ),
+    # SQLite appends on a C thread that never takes the GIL (storage/sqlite.py's fast path);
+    # libsqlite3 is looked up at run time, so no SQLite headers are needed to build it.
+    Extension(
+        "quota_server._sqlwriter",
+        ["quota_server/_sqlwriter.pyx"],
+        extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
+    ),
     # The protobuf wire fast path of QuotaService (quota_server/dataplane.py is its reference).
     Extension(
         "quota_server._wire",

@@ -54,6 +54,11 @@ from .base import (
     unpack_payloads,
 )
 
+try:  # the GIL-free append path (quota_server/_sqlwriter.pyx); absent: the thread path only
+    from .. import _sqlwriter
+except ImportError:  # pragma: no cover - a source tree without the built extension
+    _sqlwriter = None
+
 T = TypeVar("T")
 
 CHECKPOINT_EVERY_BYTES = 8 << 20
@@ -148,7 +153,11 @@ class SqliteStorage(Storage):
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS_DEFAULT,
+        fast_appends: bool = True,
     ) -> None:
+        """`fast_appends`: run appends on the C writer thread of `_sqlwriter` (no GIL hand-offs;
+        see that module) when libsqlite3 can be loaded for it; False: always on the worker
+        thread through Python's sqlite3 module, as every other statement runs."""
         self.path = os.fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file:"):
             raise ValueError(f"sqlite storage needs a file path, got {self.path!r}")
@@ -163,6 +172,12 @@ class SqliteStorage(Storage):
         self._ckpt_conn: sqlite3.Connection | None = None  # owned by the checkpoint thread
         self._bytes_since_checkpoint = 0
         self._wal_frames = 0  # the WAL's length as the last background checkpoint saw it
+        # The fast append path (loop side): the C writer, the future of its job in flight, and
+        # the bytes appended since the last checkpoint bookkeeping (_after_write) ran.
+        self._fast_appends = fast_appends
+        self._fast: Any = None
+        self._fast_done: asyncio.Future | None = None
+        self._fast_bytes = 0
         # Owned by the worker thread only:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -220,6 +235,49 @@ class SqliteStorage(Storage):
             executor, self._executor = self._executor, None
             executor.shutdown(wait=False)
             raise
+        if self._fast_appends and _sqlwriter is not None and _sqlwriter.available():
+            try:
+                self._open_fast()
+            except BaseException:
+                await self.close()
+                raise
+
+    def _open_fast(self) -> None:
+        """Start the C writer (its own connection, set up as _open_sync sets up the worker's)."""
+        pragmas = (f"PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; "
+                   f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * 4096};")
+        try:
+            fast = _sqlwriter.Writer(self.path, self._busy_timeout_ms, pragmas)
+        except OSError as exc:
+            raise StorageError(f"sqlite: {exc}") from None
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(fast.fileno(), self._fast_ready, fast)
+        except BaseException:
+            fast.close()
+            raise
+        self._fast = fast
+
+    def _fast_ready(self, fast: Any) -> None:
+        """The C writer's eventfd is readable: its job has run."""
+        try:
+            os.read(fast.fileno(), 8)
+        except BlockingIOError:
+            return
+        job = fast.collect()
+        done, self._fast_done = self._fast_done, None
+        if job is not None and done is not None and not done.done():
+            done.set_result(job)
+
+    async def _close_fast(self) -> None:
+        fast = self._fast
+        if fast is None:
+            return
+        while self._fast_done is not None:  # let the job in flight land (or fail)
+            await asyncio.shield(self._fast_done)
+        self._fast = None
+        asyncio.get_running_loop().remove_reader(fast.fileno())
+        fast.close()
 
     def _open_sync(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
@@ -262,6 +320,7 @@ class SqliteStorage(Storage):
         if self._executor is None:
             return
         try:
+            await self._close_fast()
             if self._checkpointer is not None:
                 checkpointer, self._checkpointer = self._checkpointer, None
                 checkpointer.submit(self._close_checkpoint_conn)
@@ -419,7 +478,47 @@ class SqliteStorage(Storage):
         packed: list[UsageChunk] = (),
     ) -> None:
         chunks = check_batch(seq, usage, events, packed)
-        await self._run(self._append_sync, epoch, seq, bytes(record), chunks, events)
+        if self._fast is None:
+            await self._run(self._append_sync, epoch, seq, bytes(record), chunks, events)
+            return
+        await self._append_fast(epoch, seq, bytes(record), chunks, events)
+
+    async def _append_fast(self, epoch: int, seq: int, record: bytes, chunks: list,
+                           events: list[EventRow]) -> None:
+        """`_append_sync`'s transaction on the C writer thread (compressed here, on the loop,
+        as Redis does: it releases the GIL, and no thread waits for the loop to take it back)."""
+        stored, codec = pack_blob(record)
+        rows = [(account_id, at_ms, n) + pack_blob(payloads) for account_id, at_ms, n, payloads in chunks]
+        job = _sqlwriter.AppendJob(epoch, seq, stored, codec, rows, events)
+        while self._fast_done is not None:  # one job at a time (another append's, even abandoned)
+            await asyncio.shield(self._fast_done)
+        if self._fast is None:
+            raise StorageError("sqlite storage is not open")
+        done = self._fast_done = asyncio.get_running_loop().create_future()
+        self._fast.submit(job)
+        # Shielded: a caller that gives up does not stop the job, whose outcome the next
+        # append waits for (and a retry of this one finds landed or not, as with any write).
+        await asyncio.shield(done)
+        status = job.status
+        if status == _sqlwriter.OK:
+            self._fast_bytes += len(stored) + sum(len(row[3]) for row in rows)
+            if self._fast_bytes >= CHECKPOINT_EVERY_BYTES:
+                written, self._fast_bytes = self._fast_bytes, 0
+                await self._run(self._after_write, written)
+            return
+        if status == _sqlwriter.FENCED:
+            state = "released" if job.owner is None else f"held by {job.owner!r}"
+            raise Fenced(f"epoch {epoch} is not current (current {job.current_epoch}, lease {state})")
+        if status == _sqlwriter.COVERED:  # the retry of an append that may have landed: compare
+            await self._run(self._append_sync, epoch, seq, record, chunks, events)
+            return
+        if status == _sqlwriter.GAP:
+            raise SequenceError(f"seq {seq} does not follow last seq {job.last_seq}")
+        if status == _sqlwriter.EVENT_ORDER:
+            raise SequenceError(f"event id {events[0].event_id} does not follow {job.last_event_id}")
+        if (job.code & 0xFF) in _RETRYABLE_CODES:
+            raise StorageUnavailable(f"sqlite: {job.message}")
+        raise StorageError(f"sqlite: {job.message}")
 
     def _append_sync(self, epoch: int, seq: int, record: bytes, chunks: list, events: list[EventRow]) -> None:
         # Compressed before the transaction, so the write lock is held only for the writes.

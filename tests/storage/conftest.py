@@ -98,13 +98,15 @@ class SqliteBackend(Backend):
     kind = "sqlite"
     lease_ttl_ms = SQLITE_LEASE_TTL_MS
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, fast_appends: bool = True) -> None:
         super().__init__()
         self.path = tmp_path / "data" / "quota.db"
         self.clock = ManualClock()
+        self.fast_appends = fast_appends
 
     def make(self, **options: Any) -> Storage:
         options.setdefault("clock_ms", self.clock)
+        options.setdefault("fast_appends", self.fast_appends)
         return SqliteStorage(str(self.path), **options)
 
     async def let_lease_time_pass(self, ms: int) -> None:
@@ -156,13 +158,15 @@ class RedisBackend(Backend):
         self.server.stop(kill=True)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "sqlite-thread", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Every backend; SQLite twice: appends on its C writer thread (the default) and on the
+    worker thread through Python's sqlite3 (`fast_appends=False`, the fallback)."""
     if request.param == "redis":
         require_redis_server()
         b: Backend = RedisBackend(tmp_path)
     else:
-        b = SqliteBackend(tmp_path)
+        b = SqliteBackend(tmp_path, fast_appends=request.param == "sqlite")
     try:
         yield b
     finally:

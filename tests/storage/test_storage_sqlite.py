@@ -1,6 +1,7 @@
 """SQLite-only behaviour: the OS lock between processes, crash durability, settings."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quota_server.storage import Fenced, LeaseHeld, Recovered, SequenceError, StorageError, UsageRow
+from quota_server.storage import EventRow, Fenced, LeaseHeld, Recovered, SequenceError, StorageError, UsageRow
 from quota_server.storage.sqlite import SqliteStorage
 
 from .conftest import ManualClock
@@ -393,5 +394,96 @@ async def test_a_long_wal_is_restarted_by_the_writer(db: Path, monkeypatch) -> N
         conn.close()
         assert 0 < wal_frames <= 4, f"{wal_frames} frames: the WAL was not restarted"
         assert [seq for seq, _ in (await store.load()).records] == list(range(1, 8))
+    finally:
+        await store.close()
+
+
+# -- the C writer thread (quota_server/_sqlwriter.pyx): appends without the GIL -------------------
+
+
+async def test_appends_run_on_the_c_writer_where_libsqlite3_loads(db: Path) -> None:
+    """On Linux with Python's own libsqlite3 (every machine this project runs on) the fast path
+    is on, so the contract suite's "sqlite" backend really exercises it."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        assert store._fast is not None
+    finally:
+        await store.close()
+    off = SqliteStorage(str(db), fast_appends=False)
+    await off.open()
+    try:
+        assert off._fast is None
+    finally:
+        await off.close()
+
+
+async def test_a_failing_statement_rolls_the_whole_append_back(db: Path) -> None:
+    """SQLite refusing the usage insert (a trigger stands in for a full disk or a constraint)
+    leaves nothing of the batch behind: no record, no events, last seq unchanged; the same
+    append succeeds once the cause is gone."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", TTL_MS)
+        await store.append(epoch, 1, b"first", [], [])
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON usage_chunk BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        conn.close()
+        usage = [UsageRow("acct", 5, b"u")]
+        events = [EventRow(1, "acct", "t", 5, b"e")]
+        with pytest.raises(StorageError, match="refused"):
+            await store.append(epoch, 2, b"second", usage, events)
+        assert (await store.load()).records == [(1, b"first")]
+        assert await store.read_events(0, 10) == []
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse")
+        conn.close()
+        await store.append(epoch, 2, b"second", usage, events)
+        assert (await store.load()).records == [(1, b"first"), (2, b"second")]
+        assert [e.event_id for e in await store.read_events(0, 10)] == [1]
+        rows, _ = await store.list_usage("acct", 0, 10, 10, None)
+        assert [r.payload for r in rows] == [b"u"]
+    finally:
+        await store.close()
+
+
+async def test_an_abandoned_append_still_lands_before_the_next_one(db: Path) -> None:
+    """A caller that gives up (cancelled) once its append was handed to the writer does not
+    stop it: the next append waits for it, and both are on disk."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", TTL_MS)
+        task = asyncio.create_task(store.append(epoch, 1, b"abandoned", [], []))
+        await asyncio.sleep(0)  # the task runs up to waiting for the writer
+        assert store._fast.busy()
+        task.cancel()
+        await store.append(epoch, 2, b"next", [], [])
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await store.load()).records == [(1, b"abandoned"), (2, b"next")]
+    finally:
+        await store.close()
+
+
+async def test_fenced_and_sequence_errors_from_the_writer_thread(db: Path) -> None:
+    """The checks the transaction makes before writing, answered as the thread path answers
+    them (the contract suite covers the rest)."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", TTL_MS)
+        await store.append(epoch, 1, b"one", [], [EventRow(1, "a", "t", 1, b"")])
+        with pytest.raises(Fenced, match=f"current {epoch}, lease held by 'me'"):
+            await store.append(epoch - 1, 2, b"two", [], [])
+        with pytest.raises(SequenceError, match="does not follow last seq 1"):
+            await store.append(epoch, 3, b"three", [], [])
+        with pytest.raises(SequenceError, match="event id 1 does not follow 1"):
+            await store.append(epoch, 2, b"two", [], [EventRow(1, "a", "t", 1, b"")])
+        await store.append(epoch, 1, b"one", [], [])  # a landed retry: compared, nothing written
+        with pytest.raises(SequenceError, match="different record"):
+            await store.append(epoch, 1, b"other", [], [])
+        assert (await store.load()).records == [(1, b"one")]
     finally:
         await store.close()
