@@ -333,7 +333,8 @@ class SqliteStorage(Storage):
     # -- checkpoints -----------------------------------------------------------------------
 
     def _after_write(self, written: int) -> None:
-        """Called on the worker thread after each committed write of `written` bytes."""
+        """Called on the worker thread after committed appends of `written` bytes in all (after
+        each one on the thread path; on the C writer's only once a checkpoint is due)."""
         self._bytes_since_checkpoint += written
         if self._bytes_since_checkpoint < CHECKPOINT_EVERY_BYTES:
             return
@@ -501,8 +502,12 @@ class SqliteStorage(Storage):
         await asyncio.shield(done)
         status = job.status
         if status == _sqlwriter.OK:
+            # _after_write (on the worker thread) only when it has something to do: as after
+            # each append of the thread path, but without a hand-off per append.
             self._fast_bytes += len(stored) + sum(len(row[3]) for row in rows)
-            if self._fast_bytes >= CHECKPOINT_EVERY_BYTES:
+            checkpoint = self._checkpoint
+            if (self._fast_bytes + self._bytes_since_checkpoint >= CHECKPOINT_EVERY_BYTES
+                    and (checkpoint is None or checkpoint.done())):
                 written, self._fast_bytes = self._fast_bytes, 0
                 await self._run(self._after_write, written)
             return

@@ -332,7 +332,8 @@ async def test_a_damaged_compressed_record_is_a_storage_error(db: Path) -> None:
         await store.close()
 
 
-async def test_background_checkpoints_keep_the_wal_from_growing(db: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("fast_appends", [True, False], ids=["c-writer", "thread"])
+async def test_background_checkpoints_keep_the_wal_from_growing(db: Path, monkeypatch, fast_appends: bool) -> None:
     """Appends never checkpoint inline (wal_autocheckpoint is off); a background checkpoint runs
     every CHECKPOINT_EVERY_BYTES and the writer restarts the WAL once it reaches
     WAL_RESTART_FRAMES, so a long run of back-to-back appends leaves a bounded WAL behind."""
@@ -343,7 +344,7 @@ async def test_background_checkpoints_keep_the_wal_from_growing(db: Path, monkey
 
     monkeypatch.setattr(sq, "CHECKPOINT_EVERY_BYTES", 1 << 20)
     monkeypatch.setattr(sq, "WAL_RESTART_FRAMES", 1_024)  # 4 MB
-    store = SqliteStorage(str(db))
+    store = SqliteStorage(str(db), fast_appends=fast_appends)
     await store.open()
     rng = random.Random(1)
     try:
@@ -369,14 +370,15 @@ async def test_background_checkpoints_keep_the_wal_from_growing(db: Path, monkey
         await store.close()
 
 
-async def test_a_long_wal_is_restarted_by_the_writer(db: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("fast_appends", [True, False], ids=["c-writer", "thread"])
+async def test_a_long_wal_is_restarted_by_the_writer(db: Path, monkeypatch, fast_appends: bool) -> None:
     """When the last background checkpoint saw a WAL of WAL_RESTART_FRAMES or more, the next
     append that crosses CHECKPOINT_EVERY_BYTES restarts the WAL itself (RESTART checkpoint):
     afterwards the WAL holds only what was written since."""
     from quota_server.storage import sqlite as sq
 
     monkeypatch.setattr(sq, "CHECKPOINT_EVERY_BYTES", 1)
-    store = SqliteStorage(str(db))
+    store = SqliteStorage(str(db), fast_appends=fast_appends)
     await store.open()
     try:
         epoch = await store.acquire_lease("me", 30_000)
