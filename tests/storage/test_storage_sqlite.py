@@ -489,3 +489,37 @@ async def test_fenced_and_sequence_errors_from_the_writer_thread(db: Path) -> No
         assert (await store.load()).records == [(1, b"one")]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("fast_appends", [True, False], ids=["c-writer", "thread"])
+async def test_appends_are_stored_compressed_when_that_pays(db: Path, fast_appends: bool) -> None:
+    """pack_blob's rule on both paths (the C writer's flushes are compressed on the event loop):
+    from COMPRESS_MIN_BYTES on and only when smaller; what is read back is the bytes given."""
+    import random
+
+    from quota_server.storage.base import COMPRESS_MIN_BYTES
+
+    store = SqliteStorage(str(db), fast_appends=fast_appends)
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", TTL_MS)
+        compressible = b"journal record " * 1000
+        noise = random.Random(7).randbytes(4 * COMPRESS_MIN_BYTES)
+        small = b"x" * (COMPRESS_MIN_BYTES - 1)
+        await store.append(epoch, 1, compressible, [UsageRow("a", 1, b"usage " * 400)], [])
+        await store.append(epoch, 2, noise, [UsageRow("b", 1, noise)], [])
+        await store.append(epoch, 3, small, [UsageRow("c", 1, small)], [])
+        with sqlite3.connect(db) as conn:
+            journal = conn.execute("SELECT seq, codec, length(record) FROM journal ORDER BY seq").fetchall()
+            usage = conn.execute("SELECT account_id, codec, length(payloads) FROM usage_chunk ORDER BY id").fetchall()
+        conn.close()
+        assert journal[0][1] == 2 and journal[0][2] < len(compressible) // 10
+        assert journal[1:] == [(2, 0, len(noise)), (3, 0, len(small))]
+        assert usage[0][:2] == ("a", 2) and usage[0][2] < 400
+        assert usage[1:] == [("b", 0, len(noise)), ("c", 0, len(small))]
+        assert (await store.load()).records == [(1, compressible), (2, noise), (3, small)]
+        for account, payload in (("a", b"usage " * 400), ("b", noise), ("c", small)):
+            rows, _ = await store.list_usage(account, 0, 10, 10, None)
+            assert [r.payload for r in rows] == [payload]
+    finally:
+        await store.close()
