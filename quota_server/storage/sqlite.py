@@ -496,7 +496,11 @@ class SqliteStorage(Storage):
         if self._fast is None:
             raise StorageError("sqlite storage is not open")
         done = self._fast_done = asyncio.get_running_loop().create_future()
-        self._fast.submit(job)
+        try:
+            self._fast.submit(job)
+        except BaseException:
+            self._fast_done = None
+            raise
         # Shielded: a caller that gives up does not stop the job, whose outcome the next
         # append waits for (and a retry of this one finds landed or not, as with any write).
         await asyncio.shield(done)
