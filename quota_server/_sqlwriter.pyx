@@ -402,7 +402,8 @@ cdef class AppendJob:
         PyMem_Free(self.rows)
         PyMem_Free(self.events)
 
-    def __init__(self, int64_t epoch, int64_t seq, bytes record, int64_t codec, list rows, list events):
+    def __init__(self, int64_t epoch, int64_t seq, bytes record not None, int64_t codec, list rows not None,
+                 list events not None):
         """`rows`: (account_id, at_ms, n, payloads, codec) as stored; `events`: EventRows."""
         cdef Py_ssize_t i
         cdef bytes acct, typ, blob
@@ -515,7 +516,7 @@ cdef class Writer:
     def fileno(self):
         return self.w.efd
 
-    def submit(self, AppendJob job):
+    def submit(self, AppendJob job not None):
         if not self.w.started:
             raise RuntimeError("the writer is closed")
         if self.current is not None or sqw_submit(&self.w, &job.job) != 0:
