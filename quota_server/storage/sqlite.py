@@ -176,6 +176,7 @@ class SqliteStorage(Storage):
         # the bytes appended since the last checkpoint bookkeeping (_after_write) ran.
         self._fast_appends = fast_appends
         self._fast: Any = None
+        self._fast_loop: asyncio.AbstractEventLoop | None = None  # the loop watching its eventfd
         self._fast_done: asyncio.Future | None = None
         self._fast_bytes = 0
         # Owned by the worker thread only:
@@ -257,6 +258,7 @@ class SqliteStorage(Storage):
             fast.close()
             raise
         self._fast = fast
+        self._fast_loop = loop
 
     def _fast_ready(self, fast: Any) -> None:
         """The C writer's eventfd is readable: its job has run."""
@@ -270,14 +272,16 @@ class SqliteStorage(Storage):
             done.set_result(job)
 
     async def _close_fast(self) -> None:
-        fast = self._fast
+        fast, loop = self._fast, self._fast_loop
         if fast is None:
             return
-        while self._fast_done is not None:  # let the job in flight land (or fail)
-            await asyncio.shield(self._fast_done)
-        self._fast = None
-        asyncio.get_running_loop().remove_reader(fast.fileno())
-        fast.close()
+        if loop is asyncio.get_running_loop():
+            while self._fast_done is not None:  # let the job in flight land (or fail)
+                await asyncio.shield(self._fast_done)
+        self._fast = self._fast_loop = None
+        if not loop.is_closed():
+            loop.remove_reader(fast.fileno())
+        fast.close()  # a job still running (its loop gone) finishes first
 
     def _open_sync(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
@@ -479,7 +483,9 @@ class SqliteStorage(Storage):
         packed: list[UsageChunk] = (),
     ) -> None:
         chunks = check_batch(seq, usage, events, packed)
-        if self._fast is None:
+        if self._fast is None or self._fast_loop is not asyncio.get_running_loop():
+            # (The C writer reports to the loop that opened the storage; from any other, the
+            # worker thread does the append.)
             await self._run(self._append_sync, epoch, seq, bytes(record), chunks, events)
             return
         await self._append_fast(epoch, seq, bytes(record), chunks, events)

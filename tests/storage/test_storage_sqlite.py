@@ -523,3 +523,21 @@ async def test_appends_are_stored_compressed_when_that_pays(db: Path, fast_appen
             assert [r.payload for r in rows] == [payload]
     finally:
         await store.close()
+
+
+def test_a_store_used_from_another_event_loop_still_appends(db: Path) -> None:
+    """The C writer reports to the loop that opened the storage; appends made from another
+    loop (a tool running several asyncio.run in turn, say) take the worker thread, and closing
+    from there does not wait on the first loop."""
+    store = SqliteStorage(str(db))
+    epoch = asyncio.run(_open_and_lease(store))
+    assert store._fast is not None
+    asyncio.run(store.append(epoch, 1, b"from a second loop", [], []))
+    assert asyncio.run(store.load()).records == [(1, b"from a second loop")]
+    asyncio.run(store.close())
+    assert store._fast is None
+
+
+async def _open_and_lease(store: SqliteStorage) -> int:
+    await store.open()
+    return await store.acquire_lease("me", TTL_MS)
