@@ -6,8 +6,12 @@ and a power loss (on a disk that honours fsync). ``NORMAL`` would only sync at c
 database stays consistent but the last commits can be lost on power loss, which breaks "an
 acknowledged mutation is never lost".
 
-Concurrency: every sqlite call runs on one dedicated worker thread that owns the only
-connection, so the event loop never blocks and calls are serialized in submission order.
+Concurrency: appends run on the C writer thread of ``quota_server/_sqlwriter.pyx``, with a
+connection of its own, one at a time in submission order and without the GIL (see that module);
+every other sqlite call runs on one dedicated worker thread that owns its own connection, so the
+event loop never blocks. Where the C writer is not available (``fast_appends=False``, or
+libsqlite3 cannot be loaded for it), appends run on the worker thread too. SQLite's own locking
+(BEGIN IMMEDIATE, with a busy timeout) orders the two connections' transactions.
 
 Ownership: the lease (owner, epoch, expires_at_ms) lives in the ``meta`` row and fences every
 write; in addition the holder keeps an exclusive ``flock`` on ``<db>.lock`` while it holds the
