@@ -56,12 +56,15 @@ cdef enum:
     PREFETCH_RING = 8           # > PREFETCH_AHEAD
 
 
-cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out) noexcept:
+cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out, PyObject** last_aid,
+                                  PyObject** last_acct) noexcept:
     """Start loading the reservation-table slot a reserve/commit/release/extend/charge a few
     ops ahead will probe: on a table larger than the caches that probe is a memory miss, and
     the core would otherwise wait for it op after op. Returns the op's account (borrowed), with
     its id object in `aid_out`, for `apply` to hand to that op's own lookup (see hint_aid).
-    Anything unexpected: do nothing, NULL."""
+    Anything unexpected: do nothing, NULL. `last_aid` / `last_acct` are the id object and the
+    account of the last op it found one for: an op with that very id object (a Batch's ops
+    usually share one) takes that account without a lookup."""
     cdef PyObject* a
     cdef int64_t c
     cdef uint64_t h
@@ -82,9 +85,14 @@ cdef inline PyObject* prefetch_op(Ledger L, object op, PyObject** aid_out) noexc
     if not (PyUnicode_CheckExact(aid) and PyUnicode_IS_ASCII(aid)
             and PyUnicode_CheckExact(rid) and PyUnicode_IS_ASCII(rid)):
         return NULL
-    a = acct_find(&L.accts, aid)
-    if a == NULL:
-        return NULL
+    if <PyObject*>aid == last_aid[0]:
+        a = last_acct[0]
+    else:
+        a = acct_find(&L.accts, aid)
+        if a == NULL:
+            return NULL
+        last_aid[0] = <PyObject*>aid
+        last_acct[0] = a
     h = rec_hash(<Account>a, kind, id_data(rid), PyUnicode_GET_LENGTH(rid))
     fl_prefetch(&L.recs.slots[h & L.recs.mask])
     if L.recs.old != NULL:          # growing: a new id's lookup probes the old slots too
@@ -158,12 +166,17 @@ cdef class Ledger:
         # Accounts found by the prefetch of op i (and their id objects), by i % PREFETCH_RING.
         cdef PyObject* ring_acct[PREFETCH_RING]
         cdef PyObject* ring_aid[PREFETCH_RING]
+        # The last account prefetch_op found and its id object (alive while `seq` is: the
+        # account of that id object for the rest of this apply, accounts never being removed).
+        cdef PyObject* last_aid = NULL
+        cdef PyObject* last_acct = NULL
         memset(ring_acct, 0, sizeof(ring_acct))
         try:
             for i in range(n):
                 if i + PREFETCH_AHEAD < n:
                     ring_acct[(i + PREFETCH_AHEAD) % PREFETCH_RING] = prefetch_op(
-                        self, <object>items[i + PREFETCH_AHEAD], &ring_aid[(i + PREFETCH_AHEAD) % PREFETCH_RING])
+                        self, <object>items[i + PREFETCH_AHEAD], &ring_aid[(i + PREFETCH_AHEAD) % PREFETCH_RING],
+                        &last_aid, &last_acct)
                 # An account found a few ops ago is still that id's account: accounts are never
                 # removed, and the op tuple keeps its id object alive (so the pointer is not
                 # reused) until apply returns.
