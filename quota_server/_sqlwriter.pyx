@@ -121,17 +121,10 @@ cdef extern from *:
         char msg[512];
     } SqwJob;
 
+    /* The statements of an append, in this order. BEGIN IMMEDIATE, COMMIT and ROLLBACK are
+       fixed; the others come from storage/sqlite.py (its _SQL_*: one text for both paths),
+       with the columns bound in the order sqw_txn binds them. */
     enum { SQW_BEGIN, SQW_META, SQW_JOURNAL, SQW_USAGE, SQW_EVENTS, SQW_UPDATE, SQW_COMMIT, SQW_ROLLBACK, SQW_NSTMT };
-    static const char* const SQW_SQL[SQW_NSTMT] = {
-        "BEGIN IMMEDIATE",
-        "SELECT owner, epoch, last_seq, last_event_id FROM meta WHERE id = 1",
-        "INSERT INTO journal (seq, record, codec) VALUES (?, ?, ?)",
-        "INSERT INTO usage_chunk (account_id, at_ms, n, payloads, codec) VALUES (?, ?, ?, ?, ?)",
-        "INSERT INTO events (event_id, account_id, type, at_ms, payload) VALUES (?, ?, ?, ?, ?)",
-        "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1",
-        "COMMIT",
-        "ROLLBACK",
-    };
 
     typedef struct {
         sqlite3* db;
@@ -235,7 +228,8 @@ cdef extern from *:
     }
 
     /* Open the connection, set it up and start the thread; 0, or -1 with msg set. */
-    static int sqw_open(SqwWriter* w, const char* path, int busy_ms, const char* pragmas, char* msg, size_t msglen) {
+    static int sqw_open(SqwWriter* w, const char* path, int busy_ms, const char* pragmas,
+                        const char* const* sql, char* msg, size_t msglen) {
         int i, rc;
         char* err = NULL;
         memset(w, 0, sizeof *w);
@@ -253,8 +247,8 @@ cdef extern from *:
             goto fail;
         }
         for (i = 0; i < SQW_NSTMT; i++) {
-            if (SQ.prepare_v2(w->db, SQW_SQL[i], -1, &w->st[i], NULL) != SQW_SQLITE_OK) {
-                snprintf(msg, msglen, "preparing %s: %s", SQW_SQL[i], SQ.errmsg(w->db));
+            if (SQ.prepare_v2(w->db, sql[i], -1, &w->st[i], NULL) != SQW_SQLITE_OK) {
+                snprintf(msg, msglen, "preparing %s: %s", sql[i], SQ.errmsg(w->db));
                 goto fail;
             }
         }
@@ -360,7 +354,8 @@ cdef extern from *:
         int started
     int SQW_OK, SQW_FENCED, SQW_COVERED, SQW_GAP, SQW_EVENT, SQW_ERROR
     int sqw_load() nogil
-    int sqw_open(SqwWriter* w, const char* path, int busy_ms, const char* pragmas, char* msg, size_t msglen) nogil
+    int sqw_open(SqwWriter* w, const char* path, int busy_ms, const char* pragmas, const char* const* sql,
+                 char* msg, size_t msglen) nogil
     int sqw_submit(SqwWriter* w, SqwJob* j) nogil
     int sqw_finished(SqwWriter* w) nogil
     void sqw_forget(SqwWriter* w) nogil
@@ -493,7 +488,11 @@ cdef class AppendJob:
 cdef class Writer:
     """A connection to the SQLite file at `path` and the thread that runs appends on it, one at
     a time. `fileno()` is an eventfd that becomes readable when a job handed to `submit` has run;
-    then `collect()` returns it. The caller serializes jobs (one submitted at a time)."""
+    then `collect()` returns it. The caller serializes jobs (one submitted at a time).
+    `statements`: the SQL reading (owner, epoch, last_seq, last_event_id) from meta, inserting
+    (seq, record, codec) into the journal, (account_id, at_ms, n, payloads, codec) into usage,
+    (event_id, account_id, type, at_ms, payload) into events, and setting meta's (last_seq,
+    last_event_id), each with its values in that order."""
     cdef SqwWriter w
     cdef AppendJob current
 
@@ -501,15 +500,22 @@ cdef class Writer:
         memset(&self.w, 0, sizeof(self.w))
         self.w.efd = -1
 
-    def __init__(self, str path, int busy_timeout_ms, str pragmas):
+    def __init__(self, str path, int busy_timeout_ms, str pragmas, tuple statements not None):
         cdef char msg[512]
         cdef bytes bpath = path.encode()
         cdef bytes bpragmas = pragmas.encode()
         cdef const char* cpath = bpath
         cdef const char* cpragmas = bpragmas
-        cdef int rc
+        cdef const char* sql[8]
+        cdef list texts
+        cdef int rc, i
+        if len(statements) != 5:
+            raise ValueError("statements: the 5 SQL texts of an append (see the class docstring)")
+        texts = [b"BEGIN IMMEDIATE"] + [str(t).encode() for t in statements] + [b"COMMIT", b"ROLLBACK"]
+        for i in range(8):
+            sql[i] = <bytes>texts[i]
         with nogil:
-            rc = sqw_open(&self.w, cpath, busy_timeout_ms, cpragmas, msg, sizeof(msg))
+            rc = sqw_open(&self.w, cpath, busy_timeout_ms, cpragmas, sql, msg, sizeof(msg))
         if rc != 0:
             raise OSError(msg.decode(errors="replace"))
 

@@ -124,6 +124,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_account ON events (account_id, event_id);
 """
 
+# An append's statements (both append paths use these texts; _sqlwriter.Writer binds each one's
+# values in the order written here).
+_SQL_READ_META = "SELECT owner, epoch, last_seq, last_event_id FROM meta WHERE id = 1"
+_SQL_INSERT_JOURNAL = "INSERT INTO journal (seq, record, codec) VALUES (?, ?, ?)"
+_SQL_INSERT_USAGE = "INSERT INTO usage_chunk (account_id, at_ms, n, payloads, codec) VALUES (?, ?, ?, ?, ?)"
+_SQL_INSERT_EVENT = "INSERT INTO events (event_id, account_id, type, at_ms, payload) VALUES (?, ?, ?, ?, ?)"
+_SQL_UPDATE_META = "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1"
+_APPEND_STATEMENTS = (_SQL_READ_META, _SQL_INSERT_JOURNAL, _SQL_INSERT_USAGE, _SQL_INSERT_EVENT, _SQL_UPDATE_META)
+
 # Primary result codes after which a retry can succeed (locked by another process, I/O error,
 # disk full, out of memory). Anything else (corrupt, not a database, constraint) is a StorageError.
 _RETRYABLE_CODES = frozenset({5, 6, 7, 10, 13, 14, 15})  # BUSY LOCKED NOMEM IOERR FULL CANTOPEN PROTOCOL
@@ -252,7 +261,7 @@ class SqliteStorage(Storage):
         pragmas = (f"PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; "
                    f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * 4096};")
         try:
-            fast = _sqlwriter.Writer(self.path, self._busy_timeout_ms, pragmas)
+            fast = _sqlwriter.Writer(self.path, self._busy_timeout_ms, pragmas, _APPEND_STATEMENTS)
         except OSError as exc:
             raise StorageError(f"sqlite: {exc}") from None
         loop = asyncio.get_running_loop()
@@ -498,8 +507,7 @@ class SqliteStorage(Storage):
                            events: list[EventRow]) -> None:
         """`_append_sync`'s transaction on the C writer thread (compressed here, on the loop,
         as Redis does: it releases the GIL, and no thread waits for the loop to take it back)."""
-        stored, codec = pack_blob(record)
-        rows = [(account_id, at_ms, n) + pack_blob(payloads) for account_id, at_ms, n, payloads in chunks]
+        (stored, codec), rows = _pack_append(record, chunks)
         job = _sqlwriter.AppendJob(epoch, seq, stored, codec, rows, events)
         while self._fast_done is not None:  # one job at a time (another append's, even abandoned)
             await asyncio.shield(self._fast_done)
@@ -526,23 +534,21 @@ class SqliteStorage(Storage):
                 await self._run(self._after_write, written)
             return
         if status == _sqlwriter.FENCED:
-            state = "released" if job.owner is None else f"held by {job.owner!r}"
-            raise Fenced(f"epoch {epoch} is not current (current {job.current_epoch}, lease {state})")
+            _fence(epoch, job.owner, job.current_epoch)
         if status == _sqlwriter.COVERED:  # the retry of an append that may have landed: compare
             await self._run(self._append_sync, epoch, seq, record, chunks, events)
             return
-        if status == _sqlwriter.GAP:
-            raise SequenceError(f"seq {seq} does not follow last seq {job.last_seq}")
-        if status == _sqlwriter.EVENT_ORDER:
-            raise SequenceError(f"event id {events[0].event_id} does not follow {job.last_event_id}")
+        if status in (_sqlwriter.GAP, _sqlwriter.EVENT_ORDER):
+            _check_order(seq, job.last_seq, events, job.last_event_id)
+        if status != _sqlwriter.ERROR:
+            raise StorageError(f"sqlite: unexpected outcome {status} of an append")
         if (job.code & 0xFF) in _RETRYABLE_CODES:
             raise StorageUnavailable(f"sqlite: {job.message}")
         raise StorageError(f"sqlite: {job.message}")
 
     def _append_sync(self, epoch: int, seq: int, record: bytes, chunks: list, events: list[EventRow]) -> None:
         # Compressed before the transaction, so the write lock is held only for the writes.
-        stored = pack_blob(record)
-        rows = [(account_id, at_ms, n) + pack_blob(payloads) for account_id, at_ms, n, payloads in chunks]
+        stored, rows = _pack_append(record, chunks)
         written = self._write_txn(functools.partial(_append, epoch, seq, record, stored, rows, events))
         self._after_write(written)
 
@@ -599,14 +605,33 @@ class SqliteStorage(Storage):
 # -- transaction bodies (run on the worker thread inside _write_txn / _read_txn) -------------
 
 
-def _check_fence(conn: sqlite3.Connection, epoch: int) -> tuple[int, int]:
-    """Raise Fenced unless ``epoch`` is current; return (last_seq, last_event_id)."""
-    holder, current, last_seq, last_event_id = conn.execute(
-        "SELECT owner, epoch, last_seq, last_event_id FROM meta WHERE id = 1"
-    ).fetchone()
+def _pack_append(record: bytes, chunks: list[UsageChunk]) -> tuple[tuple[bytes, int], list[tuple[str, int, int, bytes, int]]]:
+    """An append's record as stored (blob, codec) and its usage rows as inserted (account_id,
+    at_ms, n, payloads as stored, codec)."""
+    return pack_blob(record), [(account_id, at_ms, n) + pack_blob(payloads)
+                               for account_id, at_ms, n, payloads in chunks]
+
+
+def _fence(epoch: int, holder: str | None, current: int) -> None:
+    """Raise Fenced unless ``epoch`` is the current one and the lease is held."""
     if holder is None or current != epoch:
         state = "released" if holder is None else f"held by {holder!r}"
         raise Fenced(f"epoch {epoch} is not current (current {current}, lease {state})")
+
+
+def _check_order(seq: int, last_seq: int, events: list[EventRow], last_event_id: int) -> None:
+    """Raise SequenceError unless ``seq`` and the first event id follow the last ones (a seq at
+    or below the last one is the caller's to check first)."""
+    if seq != last_seq + 1:
+        raise SequenceError(f"seq {seq} does not follow last seq {last_seq}")
+    if events and events[0].event_id <= last_event_id:
+        raise SequenceError(f"event id {events[0].event_id} does not follow {last_event_id}")
+
+
+def _check_fence(conn: sqlite3.Connection, epoch: int) -> tuple[int, int]:
+    """Raise Fenced unless ``epoch`` is current; return (last_seq, last_event_id)."""
+    holder, current, last_seq, last_event_id = conn.execute(_SQL_READ_META).fetchone()
+    _fence(epoch, holder, current)
     return last_seq, last_event_id
 
 
@@ -629,25 +654,18 @@ def _append(
         if unpack_blob(row[0], row[1], f"journal record {seq}") == record:
             return 0  # the retry of an append that had landed: nothing to do
         raise SequenceError(f"seq {seq} already holds a different record")
-    if seq != last_seq + 1:
-        raise SequenceError(f"seq {seq} does not follow last seq {last_seq}")
-    if events and events[0].event_id <= last_event_id:
-        raise SequenceError(f"event id {events[0].event_id} does not follow {last_event_id}")
-    conn.execute("INSERT INTO journal (seq, record, codec) VALUES (?, ?, ?)", (seq, stored[0], stored[1]))
+    _check_order(seq, last_seq, events, last_event_id)
+    conn.execute(_SQL_INSERT_JOURNAL, (seq, stored[0], stored[1]))
     written = len(stored[0])
     if chunks:
-        conn.executemany("INSERT INTO usage_chunk (account_id, at_ms, n, payloads, codec) VALUES (?, ?, ?, ?, ?)",
-                         chunks)
+        conn.executemany(_SQL_INSERT_USAGE, chunks)
         written += sum(len(chunk[3]) for chunk in chunks)
     if events:
         conn.executemany(
-            "INSERT INTO events (event_id, account_id, type, at_ms, payload) VALUES (?, ?, ?, ?, ?)",
-            [(e.event_id, e.account_id, e.type, e.at_ms, bytes(e.payload)) for e in events],
+            _SQL_INSERT_EVENT, [(e.event_id, e.account_id, e.type, e.at_ms, bytes(e.payload)) for e in events]
         )
         last_event_id = events[-1].event_id
-    conn.execute(
-        "UPDATE meta SET last_seq = ?, last_event_id = ? WHERE id = 1", (seq, last_event_id)
-    )
+    conn.execute(_SQL_UPDATE_META, (seq, last_event_id))
     return written
 
 
