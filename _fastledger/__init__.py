@@ -1,12 +1,12 @@
 """`_fastledger`: the deterministic core (see README.md).
 
-`Ledger` is the compiled state machine; `codes` holds the stable numbers it speaks.
+`Ledger` is the compiled state machine and `Result` what it answers for each op; `codes` holds the stable numbers it speaks.
 """
 
 from . import codes
 
 try:
-    from ._ledger import DEBUG, Ledger, LedgerCorrupt
+    from ._ledger import DEBUG, Ledger, LedgerCorrupt, Result
 except ModuleNotFoundError as exc:  # the source tree, imported instead of the installed package
     if exc.name != f"{__name__}._ledger":
         raise
@@ -20,6 +20,6 @@ except ModuleNotFoundError as exc:  # the source tree, imported instead of the i
 
 from .codes import *  # noqa: E402,F403  (the stable numbers, re-exported)
 
-__all__ = ["DEBUG", "Ledger", "LedgerCorrupt", "codes"] + [
+__all__ = ["DEBUG", "Ledger", "LedgerCorrupt", "Result", "codes"] + [
     name for name in dir(codes) if name.isupper()
 ]

@@ -1,7 +1,7 @@
 # Typed declarations of the core: C structs for lots, holds, idempotency records and queues,
 # and the cdef classes that own them. The logic lives in the topic files included by _ledger.pyx.
 
-from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t
+from libc.stdint cimport int64_t, uint64_t, int32_t, uint32_t, uint16_t, uint8_t, int8_t
 from cpython.object cimport PyObject
 
 
@@ -191,7 +191,18 @@ cdef class Ledger:
     cdef list replayed_at       # indices of such ops in the last apply
     cdef list expired_log       # holds expired since the last take_expired(), see there
     cdef list lots_expired_log  # lots expired with unused credit since take_expired_lots()
-    cdef object exp_obj         # the int last returned as a reserve's expires_ns (expires_int)
-    cdef int64_t exp_val        # its value
     cdef PyObject* hint_aid     # during apply: the current op's account id object, whose
     cdef PyObject* hint_acct    # account (borrowed) the prefetch found already (acct_get)
+
+
+# One op's result (result.pxi): what the result tuple of README.md holds, in C. Items are ints
+# (int64), bools (bit k of `bools` set: v[k] is 0 or 1) and at most one str (or None), item
+# `text_at`. The server's wire encoder (quota_server/_wire.pyx) reads these fields directly.
+cdef class Result:
+    cdef int64_t v[7]
+    cdef PyObject* text         # owned; NULL unless text_at >= 0
+    cdef uint8_t n              # number of items
+    cdef uint8_t bools
+    cdef int8_t text_at         # index of the str item, -1 if none
+
+cdef object result_item(Result r, Py_ssize_t k)

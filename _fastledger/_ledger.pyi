@@ -1,13 +1,24 @@
 """Typed surface of the compiled core (see README.md for ops, results and semantics)."""
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
 
 DEBUG: bool
 CODES: dict[str, int]
 
 Op = tuple[Any, ...]
-Result = tuple[Any, ...]
+
+class Result(Sequence[Any]):
+    """One op's result: an immutable sequence of ints, bools and at most one str that equals,
+    hashes and prints like the tuple of its items (see README.md)."""
+
+    def __init__(self, items: tuple[Any, ...] = ()) -> None: ...
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Any, ...]: ...
+    def __hash__(self) -> int: ...
 
 class LedgerCorrupt(AssertionError):
     """An invariant does not hold: the ledger must not keep serving."""
@@ -17,7 +28,7 @@ class Ledger:
 
     def __init__(self, *, retention_ns: int = 86_400_000_000_000) -> None: ...
     def apply(self, ops: Iterable[Op], now_ns: int) -> list[Result]:
-        """Judge `ops` in order at `now_ns`; one result tuple per op.
+        """Judge `ops` in order at `now_ns`; one Result per op.
 
         Raises ValueError only for more than BATCH_OPS_MAX ops or `now_ns` outside
         [0, NOW_NS_LIMIT); every malformed op is a status in its result.

@@ -14,9 +14,6 @@ from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.sequence cimport PySequence_Fast_ITEMS, PySequence_Fast_GET_SIZE
 
-cdef extern from "Python.h":
-    void PyObject_GC_UnTrack(object o)
-
 cdef extern from *:
     """
     #define fl_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
@@ -24,6 +21,7 @@ cdef extern from *:
     void fl_prefetch(const void* p) noexcept nogil
 
 include "util.pxi"
+include "result.pxi"
 include "heap.pxi"
 include "table.pxi"
 include "lots.pxi"
@@ -148,7 +146,7 @@ cdef class Ledger:
         PyMem_Free(self.dirty_recs.a)
 
     def apply(self, ops, now_ns):
-        """Judge `ops` in order at `now_ns`; one result tuple per op."""
+        """Judge `ops` in order at `now_ns`; one Result (see result.pxi) per op."""
         cdef Py_ssize_t n, i
         cdef int64_t now
         cdef list results
@@ -193,9 +191,6 @@ cdef class Ledger:
                         self.replayed_at = [i]
                     else:
                         self.replayed_at.append(i)
-                # Results are tuples of ints, bools and strs: keep them out of the GC's young
-                # generation (PyObject_GC_UnTrack does nothing to an untracked object).
-                PyObject_GC_UnTrack(r)
                 Py_INCREF(r)
                 PyList_SET_ITEM(results, i, r)
         finally:

@@ -189,7 +189,7 @@ cdef int true_up_buckets(Ledger L, Account a, Hold* h, object costs, int64_t now
     return 0
 
 
-cdef object op_bucket(Ledger L, tuple op, int64_t now):
+cdef Result op_bucket(Ledger L, tuple op, int64_t now):
     cdef object spec = op[2]
     cdef BSpec s[1]
     cdef int64_t delta
@@ -197,18 +197,18 @@ cdef object op_bucket(Ledger L, tuple op, int64_t now):
     cdef Account a
     cdef Bucket b
     if not PyTuple_Check(spec) or PyTuple_GET_SIZE(spec) != 4:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if parse_buckets((spec + (0,),), s) < 0:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not get_range(op[3], -AMOUNT_MAX, AMOUNT_MAX, &delta):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     b = acct_bucket(a, <object>s[0].name)
     if b is None:
         if a.buckets is not None and len(a.buckets) >= BUCKETS_PER_ACCOUNT_MAX:
-            return (LIMIT_EXCEEDED,)
+            return r_status(LIMIT_EXCEEDED)
         b = Bucket.__new__(Bucket)
         b.tokens = s[0].capacity
         b.last_ns = now
@@ -222,7 +222,7 @@ cdef object op_bucket(Ledger L, tuple op, int64_t now):
     adjust_bucket(b, delta, now)
     a.buckets[<object>s[0].name] = b
     mark_acct(L, a, D_BUCKETS)
-    return (OK, b.tokens)
+    return r_int(OK, b.tokens)
 
 
 cdef list buckets_view(Account a, int64_t now):

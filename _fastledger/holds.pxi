@@ -1,8 +1,6 @@
 # Reservations (holds): reserve, commit, release, extend, and expiry of a hold.
 
 cdef str EMPTY = ""
-cdef object O_OK = OK                  # ready-made objects for the hot result tuples
-cdef object O_DEC_OK = DECISION_OK
 
 
 cdef inline Account touch(Ledger L, object aid, int64_t now, int* st):
@@ -84,19 +82,10 @@ cdef int decide(Account a, int64_t amount, bint feature, BSpec* specs, int nb, i
     return DECISION_INSUFFICIENT_CREDITS
 
 
-cdef inline object expires_int(Ledger L, int64_t t):
-    """expires_ns of a reserve result as an int. A batch's reserves share `now` and mostly their
-    ttl, so the int made for the last one is reused when the value is the same."""
-    if L.exp_obj is None or t != L.exp_val:
-        L.exp_obj = t
-        L.exp_val = t
-    return L.exp_obj
-
-
-cdef inline tuple reserve_result(Hold* h):
+cdef inline Result reserve_result(Hold* h):
     if h.orig != NULL:
-        return (OK, DECISION_OK, h.orig.amount0, h.avail0, h.orig.expires0, 0, EMPTY)
-    return (OK, DECISION_OK, h.amount, h.avail0, h.expires_ns, 0, EMPTY)
+        return r_reserve(OK, DECISION_OK, h.orig.amount0, h.avail0, h.orig.expires0, 0, EMPTY)
+    return r_reserve(OK, DECISION_OK, h.amount, h.avail0, h.expires_ns, 0, EMPTY)
 
 
 cdef inline int64_t settled_released(uint8_t state, bint late, int64_t amount, int64_t charged,
@@ -116,10 +105,9 @@ cdef inline int64_t hold_released(Hold* h) noexcept:
     return settled_released(h.state, h.hflags & HF_LATE, h.amount, h.u.d.charged, h.u.d.uncharged)
 
 
-cdef inline tuple commit_result(Hold* h):
+cdef inline Result commit_result(Hold* h):
     cdef HoldDone* d = &h.u.d
-    return (O_OK, fl_int(d.charged), fl_int(hold_released(h)), fl_int(d.uncharged), fl_int(d.avail),
-            True if h.hflags & HF_LATE else False)
+    return r_commit(OK, d.charged, hold_released(h), d.uncharged, d.avail, h.hflags & HF_LATE)
 
 
 cdef inline void set_commit_result(Account a, Hold* h, int64_t* out, bint late) noexcept:
@@ -134,7 +122,7 @@ cdef inline void set_commit_result(Account a, Hold* h, int64_t* out, bint late) 
         h.hflags |= HF_LATE
 
 
-cdef object op_reserve(Ledger L, tuple op, int64_t now):
+cdef Result op_reserve(Ledger L, tuple op, int64_t now):
     cdef object rid = op[2]
     cdef object meta = op[11]
     cdef int64_t fp, amount, min_amount, ttl, on_expire, held, retry, avail, seq
@@ -148,40 +136,40 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     cdef Hold* h
     cdef object taken
     if not valid_id(rid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     if not get_i64(<object>field(op, 3), &fp):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not (get_range(<object>field(op, 4), 0, AMOUNT_MAX, &amount)
             and get_range(<object>field(op, 6), 0, AMOUNT_MAX, &min_amount)):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not get_range(<object>field(op, 7), 1, TTL_NS_MAX, &ttl):
-        return (INVALID_TTL,)
+        return r_status(INVALID_TTL)
     if not (get_bool(<object>field(op, 5), &allow_partial)
             and get_bool(<object>field(op, 9), &feature)):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not get_range(<object>field(op, 8), EXPIRE_RELEASE, EXPIRE_COMMIT, &on_expire):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     nb = parse_buckets(<object>field(op, 10), specs)
     if nb < 0 or not PyBytes_Check(meta) or PyBytes_GET_SIZE(meta) > META_BYTES_MAX:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     hk = key_hash(a, REC_HOLD, rid)
     r = find_rec_h(L, a, REC_HOLD, rid, hk)
     if r != NULL:
         if r.fp == fp:
             L.replayed = True
             return reserve_result(<Hold*>r)
-        return (IDEMPOTENCY_KEY_REUSED,)
+        return r_status(IDEMPOTENCY_KEY_REUSED)
     dec = decide(a, amount, feature, specs, nb, now, True, allow_partial, min_amount,
                  &held, &retry, &limit)
     if dec < 0:
-        return (LIMIT_EXCEEDED,)
+        return r_status(LIMIT_EXCEEDED)
     if dec != DECISION_OK:
-        return (OK, dec, 0, acct_available(a), 0, retry, <object>limit)
+        return r_reserve(OK, dec, 0, acct_available(a), 0, retry, <object>limit)
     if a.open_holds >= HOLDS_PER_ACCOUNT_MAX:
-        return (LIMIT_EXCEEDED,)
+        return r_status(LIMIT_EXCEEDED)
     taken = take_buckets(L, a, specs, nb, now) if nb else None
     L.seq += 1
     seq = L.seq
@@ -203,7 +191,7 @@ cdef object op_reserve(Ledger L, tuple op, int64_t now):
     heap_push(&L.holds_q, h.expires_ns, seq, h)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (O_OK, O_DEC_OK, fl_int(held), fl_int(avail), expires_int(L, h.expires_ns), 0, EMPTY)
+    return r_reserve(OK, DECISION_OK, held, avail, h.expires_ns, 0, EMPTY)
 
 
 cdef inline int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t now) except -1:
@@ -268,7 +256,7 @@ cdef inline Hold* open_hold(Ledger L, Account a, object rid, int64_t now) except
     return h
 
 
-cdef object op_commit(Ledger L, tuple op, int64_t now):
+cdef Result op_commit(Ledger L, tuple op, int64_t now):
     cdef object rid = op[2]
     cdef object costs = op[5]
     cdef int64_t fp, amount, actual, charged, uncharged, extra
@@ -278,30 +266,30 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     cdef Hold* h
     cdef bint late
     if not get_i64(<object>field(op, 3), &fp):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not (get_i64(<object>field(op, 4), &amount) and (amount == -1 or 0 <= amount <= AMOUNT_MAX)):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not valid_bucket_costs(costs):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not valid_id(rid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     a = touch(L, <object>field(op, 1), now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     h = open_hold(L, a, rid, now)
     if h == NULL:
-        return (RESERVATION_NOT_FOUND,)
+        return r_status(RESERVATION_NOT_FOUND)
     if h.state == RES_RELEASED:
-        return (RESERVATION_RELEASED,)
+        return r_status(RESERVATION_RELEASED)
     if h.state == RES_COMMITTED:
         if (h.hflags & HF_AUTO) or h.u.d.commit_fp == fp:
             L.replayed = True
             return commit_result(h)
-        return (IDEMPOTENCY_KEY_REUSED,)
+        return r_status(IDEMPOTENCY_KEY_REUSED)
     actual = h.amount if amount == -1 else amount
     if h.state == RES_EXPIRED:
         if fl_add(a.uncollected, actual, &extra):
-            return (OVERFLOW,)
+            return r_status(OVERFLOW)
         charged = actual if (h.hflags & HF_UNBACKED) else charge_free(L, a, actual)
         uncharged = actual - charged
         a.uncollected += uncharged
@@ -312,7 +300,7 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
         late = True
     else:
         if not (h.hflags & HF_UNBACKED) and fl_add(a.uncollected, i64max(0, actual - h.amount), &extra):
-            return (OVERFLOW,)
+            return r_status(OVERFLOW)
         settle_commit(L, a, h, actual, now, out)
         late = False
     set_commit_result(a, h, out, late)
@@ -323,25 +311,25 @@ cdef object op_commit(Ledger L, tuple op, int64_t now):
     return commit_result(h)
 
 
-cdef object op_release(Ledger L, tuple op, int64_t now):
+cdef Result op_release(Ledger L, tuple op, int64_t now):
     cdef object rid = op[2]
     cdef int st = OK
     cdef int64_t released
     cdef Account a
     cdef Hold* h
     if not valid_id(rid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     h = open_hold(L, a, rid, now)
     if h == NULL:
-        return (RESERVATION_NOT_FOUND,)
+        return r_status(RESERVATION_NOT_FOUND)
     if h.state == RES_COMMITTED:
-        return (RESERVATION_COMMITTED,)
+        return r_status(RESERVATION_COMMITTED)
     if h.state == RES_RELEASED:
         L.replayed = True
-        return (OK, h.u.d.charged, h.u.d.avail)
+        return r_release(OK, h.u.d.charged, h.u.d.avail)
     if h.state == RES_EXPIRED:
         released = 0
         h.state = RES_RELEASED
@@ -354,39 +342,39 @@ cdef object op_release(Ledger L, tuple op, int64_t now):
     h.u.d.avail = acct_available(a)
     mark_rec(L, &h.r)
     mark_acct(L, a, D_CORE)
-    return (OK, released, h.u.d.avail)
+    return r_release(OK, released, h.u.d.avail)
 
 
-cdef object op_extend(Ledger L, tuple op, int64_t now):
+cdef Result op_extend(Ledger L, tuple op, int64_t now):
     cdef object rid = op[2]
     cdef int64_t total, ttl, extra, expires, avail
     cdef int st = OK
     cdef Account a
     cdef Hold* h
     if not get_range(op[3], 0, AMOUNT_MAX, &total):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not get_range(op[4], 0, TTL_NS_MAX, &ttl):
-        return (INVALID_TTL,)
+        return r_status(INVALID_TTL)
     if not valid_id(rid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     h = open_hold(L, a, rid, now)
     if h == NULL:
-        return (RESERVATION_NOT_FOUND,)
+        return r_status(RESERVATION_NOT_FOUND)
     if h.state != RES_HELD:
         if h.state == RES_COMMITTED:
-            return (RESERVATION_COMMITTED,)
+            return r_status(RESERVATION_COMMITTED)
         if h.state == RES_RELEASED:
-            return (RESERVATION_RELEASED,)
-        return (RESERVATION_EXPIRED,)
+            return r_status(RESERVATION_RELEASED)
+        return r_status(RESERVATION_EXPIRED)
     if total and total < h.amount:
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     extra = total - h.amount if total else 0
     avail = acct_available(a)
     if extra and not (h.hflags & HF_UNBACKED) and extra > avail:
-        return (OK, DECISION_INSUFFICIENT_CREDITS, h.amount, h.expires_ns, avail)
+        return r_extend(OK, DECISION_INSUFFICIENT_CREDITS, h.amount, h.expires_ns, avail)
     expires = now + ttl if ttl else h.expires_ns
     if extra or expires != h.expires_ns:
         hold_orig(h)
@@ -400,4 +388,4 @@ cdef object op_extend(Ledger L, tuple op, int64_t now):
             h.expires_ns = expires
             heap_update_at(&L.holds_q, h.qidx, expires)
         mark_rec(L, &h.r)
-    return (OK, DECISION_OK, h.amount, h.expires_ns, acct_available(a))
+    return r_extend(OK, DECISION_OK, h.amount, h.expires_ns, acct_available(a))

@@ -14,7 +14,7 @@ cdef int set_credit_limit(Ledger L, Account a, int64_t limit) except -1:
     return 0
 
 
-cdef object op_upsert(Ledger L, tuple op, int64_t now):
+cdef Result op_upsert(Ledger L, tuple op, int64_t now):
     cdef object aid = op[1]
     cdef object plan_id = op[2]
     cdef object limit_o = op[4]
@@ -26,29 +26,29 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
     cdef PyObject* p
     cdef Account a
     if not valid_id(aid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     if plan_id is not None and not valid_id(plan_id):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     if not get_range(op[3], ACCOUNT_KEEP, ACCOUNT_SUSPENDED, &status):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if limit_o is not None and not get_range(limit_o, 0, AMOUNT_MAX, &limit):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if holds_o is not None and not get_range(holds_o, 0, HOLDS_PER_ACCOUNT_MAX, &max_holds):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if unlimited_o is not None and not get_bool(unlimited_o, &unlimited):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     p = acct_get(L, aid)
     created = p == NULL
     if created:
         if plan_id is None:
-            return (PLAN_REQUIRED,)
+            return r_status(PLAN_REQUIRED)
         a = new_account(L, aid, plan_id)
     else:
         a = <Account>p
         expire_due_lots(L, a, now)
         # Not in the model: keeps available (= remaining - debt - held + credit_limit) in int64.
         if limit_o is not None and fl_add(acct_remaining(a), limit, &total):
-            return (OVERFLOW,)
+            return r_status(OVERFLOW)
     if plan_id is not None:
         a.plan_id = plan_id
     if status != ACCOUNT_KEEP:
@@ -60,7 +60,7 @@ cdef object op_upsert(Ledger L, tuple op, int64_t now):
     if unlimited_o is not None:
         a.unlimited = unlimited
     mark_acct(L, a, D_CORE)
-    return (OK, created)
+    return r_upsert(OK, created)
 
 
 cdef Account new_account(Ledger L, object aid, object plan_id):
@@ -78,7 +78,7 @@ cdef Account new_account(Ledger L, object aid, object plan_id):
     return a
 
 
-cdef object op_grant(Ledger L, tuple op, int64_t now):
+cdef Result op_grant(Ledger L, tuple op, int64_t now):
     cdef object gid = op[2]
     cdef int64_t fp, amount, category, priority, expires, paid, rest, granted, consumed, total, seq
     cdef int64_t avail, lot_seq
@@ -87,35 +87,35 @@ cdef object op_grant(Ledger L, tuple op, int64_t now):
     cdef Rec* r
     cdef Idem* g
     if not valid_id(gid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     if not get_i64(op[3], &fp):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not get_range(op[4], 1, AMOUNT_MAX, &amount):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not get_range(op[5], LOT_PURCHASED, LOT_ADJUSTMENT, &category):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not get_range(op[6], PRIORITY_MIN, PRIORITY_MAX, &priority):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not (get_i64(op[7], &expires) and (expires == 0 or now < expires)):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     r = find_rec(L, a, REC_GRANT, gid)
     if r != NULL:
         if r.fp == fp:
             L.replayed = True
-            return (OK, (<Idem*>r).avail)
-        return (IDEMPOTENCY_KEY_REUSED,)
+            return r_int(OK, (<Idem*>r).avail)
+        return r_status(IDEMPOTENCY_KEY_REUSED)
     paid = i64min(a.debt, amount)
     rest = amount - paid
     if rest > 0 and a.nlots >= LOTS_PER_ACCOUNT_MAX:
-        return (LIMIT_EXCEEDED,)
+        return r_status(LIMIT_EXCEEDED)
     # Every counter this grant moves is checked before anything changes (the last check is not
     # in the model: it keeps available inside int64).
     if (fl_add(a.granted, amount, &granted) or fl_add(a.consumed, paid, &consumed)
             or fl_add(acct_remaining(a), rest, &total) or fl_add(total, a.credit_limit, &total)):
-        return (OVERFLOW,)
+        return r_status(OVERFLOW)
     # The lot takes the first seq and the record the next (the model's order); the record is
     # made first because the lot points at it.
     lot_seq = L.seq + 1 if rest > 0 else 0
@@ -143,10 +143,10 @@ cdef object op_grant(Ledger L, tuple op, int64_t now):
     heap_push(&L.purge_q, g.purge_ns, seq, g)
     mark_rec(L, &g.r)
     mark_acct(L, a, D_CORE)
-    return (OK, avail)
+    return r_int(OK, avail)
 
 
-cdef object op_charge(Ledger L, tuple op, int64_t now):
+cdef Result op_charge(Ledger L, tuple op, int64_t now):
     cdef object cid = op[2]
     cdef int64_t fp, amount, grant, retry, avail, seq
     cdef bint feature
@@ -157,31 +157,31 @@ cdef object op_charge(Ledger L, tuple op, int64_t now):
     cdef Rec* r
     cdef Idem* c
     if not valid_id(cid):
-        return (INVALID_ID,)
+        return r_status(INVALID_ID)
     if not get_i64(op[3], &fp):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if not get_range(op[4], 0, AMOUNT_MAX, &amount):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not get_bool(op[5], &feature):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     nb = parse_buckets(op[6], specs)
     if nb < 0:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     r = find_rec(L, a, REC_CHARGE, cid)
     if r != NULL:
         if r.fp == fp:
             c = <Idem*>r
             L.replayed = True
-            return (OK, DECISION_OK, c.amount, c.avail, 0, EMPTY)
-        return (IDEMPOTENCY_KEY_REUSED,)
+            return r_charge(OK, DECISION_OK, c.amount, c.avail, 0, EMPTY)
+        return r_status(IDEMPOTENCY_KEY_REUSED)
     dec = decide(a, amount, feature, specs, nb, now, False, False, 0, &grant, &retry, &limit)
     if dec < 0:
-        return (LIMIT_EXCEEDED,)
+        return r_status(LIMIT_EXCEEDED)
     if dec != DECISION_OK:
-        return (OK, dec, 0, acct_available(a), retry, <object>limit)
+        return r_charge(OK, dec, 0, acct_available(a), retry, <object>limit)
     if nb:
         take_buckets(L, a, specs, nb, now)
     if not a.unlimited:
@@ -196,10 +196,10 @@ cdef object op_charge(Ledger L, tuple op, int64_t now):
     heap_push(&L.purge_q, c.purge_ns, seq, c)
     mark_rec(L, &c.r)
     mark_acct(L, a, D_CORE)
-    return (OK, DECISION_OK, amount, avail, 0, EMPTY)
+    return r_charge(OK, DECISION_OK, amount, avail, 0, EMPTY)
 
 
-cdef object op_check(Ledger L, tuple op, int64_t now):
+cdef Result op_check(Ledger L, tuple op, int64_t now):
     cdef int64_t amount, grant, retry
     cdef bint feature
     cdef BSpec specs[BUCKETS_PER_OP_MAX]
@@ -207,22 +207,22 @@ cdef object op_check(Ledger L, tuple op, int64_t now):
     cdef PyObject* limit
     cdef Account a
     if not get_range(op[2], 0, AMOUNT_MAX, &amount):
-        return (INVALID_AMOUNT,)
+        return r_status(INVALID_AMOUNT)
     if not get_bool(op[3], &feature):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     nb = parse_buckets(op[4], specs)
     if nb < 0:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     a = touch(L, op[1], now, &st)
     if a is None:
-        return (st,)
+        return r_status(st)
     dec = decide(a, amount, feature, specs, nb, now, True, False, 0, &grant, &retry, &limit)
     if dec < 0:
-        return (LIMIT_EXCEEDED,)
-    return (OK, dec, acct_available(a), retry, <object>limit)
+        return r_status(LIMIT_EXCEEDED)
+    return r_check(OK, dec, acct_available(a), retry, <object>limit)
 
 
-cdef object op_expire(Ledger L, tuple op, int64_t now):
+cdef Result op_expire(Ledger L, tuple op, int64_t now):
     cdef object max_o = op[1]
     cdef int64_t max_items, done = 0
     cdef int ovf = 0
@@ -233,7 +233,7 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
     cdef HEnt* top
     cdef Account a
     if not PyLong_Check(max_o) or PyBool_Check(max_o) or max_o < 0:
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     max_items = PyLong_AsLongLongAndOverflow(max_o, &ovf)
     if ovf:
         max_items = INT64_MAX
@@ -268,35 +268,35 @@ cdef object op_expire(Ledger L, tuple op, int64_t now):
             heap_remove_at(&L.purge_q, 0)
             rec_kill(L, r)
         done += 1
-    return (OK, done)
+    return r_int(OK, done)
 
 
-cdef object apply_one(Ledger L, object op, int64_t now):
+cdef Result apply_one(Ledger L, object op, int64_t now):
     cdef int64_t code
     cdef Py_ssize_t n
     if not PyTuple_Check(op):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     n = PyTuple_GET_SIZE(op)
     if n == 0 or not get_i64(<object>PyTuple_GET_ITEM(op, 0), &code):
-        return (INVALID_ARGUMENT,)
+        return r_status(INVALID_ARGUMENT)
     if code == OP_RESERVE:
-        return op_reserve(L, <tuple>op, now) if n == 12 else (INVALID_ARGUMENT,)
+        return op_reserve(L, <tuple>op, now) if n == 12 else r_status(INVALID_ARGUMENT)
     if code == OP_COMMIT:
-        return op_commit(L, <tuple>op, now) if n == 6 else (INVALID_ARGUMENT,)
+        return op_commit(L, <tuple>op, now) if n == 6 else r_status(INVALID_ARGUMENT)
     if code == OP_RELEASE:
-        return op_release(L, <tuple>op, now) if n == 3 else (INVALID_ARGUMENT,)
+        return op_release(L, <tuple>op, now) if n == 3 else r_status(INVALID_ARGUMENT)
     if code == OP_CHARGE:
-        return op_charge(L, <tuple>op, now) if n == 7 else (INVALID_ARGUMENT,)
+        return op_charge(L, <tuple>op, now) if n == 7 else r_status(INVALID_ARGUMENT)
     if code == OP_CHECK:
-        return op_check(L, <tuple>op, now) if n == 5 else (INVALID_ARGUMENT,)
+        return op_check(L, <tuple>op, now) if n == 5 else r_status(INVALID_ARGUMENT)
     if code == OP_EXTEND:
-        return op_extend(L, <tuple>op, now) if n == 5 else (INVALID_ARGUMENT,)
+        return op_extend(L, <tuple>op, now) if n == 5 else r_status(INVALID_ARGUMENT)
     if code == OP_GRANT:
-        return op_grant(L, <tuple>op, now) if n == 8 else (INVALID_ARGUMENT,)
+        return op_grant(L, <tuple>op, now) if n == 8 else r_status(INVALID_ARGUMENT)
     if code == OP_UPSERT:
-        return op_upsert(L, <tuple>op, now) if n == 7 else (INVALID_ARGUMENT,)
+        return op_upsert(L, <tuple>op, now) if n == 7 else r_status(INVALID_ARGUMENT)
     if code == OP_BUCKET:
-        return op_bucket(L, <tuple>op, now) if n == 4 else (INVALID_ARGUMENT,)
+        return op_bucket(L, <tuple>op, now) if n == 4 else r_status(INVALID_ARGUMENT)
     if code == OP_EXPIRE:
-        return op_expire(L, <tuple>op, now) if n == 2 else (INVALID_ARGUMENT,)
-    return (INVALID_ARGUMENT,)
+        return op_expire(L, <tuple>op, now) if n == 2 else r_status(INVALID_ARGUMENT)
+    return r_status(INVALID_ARGUMENT)

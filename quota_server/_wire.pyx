@@ -25,6 +25,8 @@ from cpython.object cimport PyObject
 import json
 
 from _fastledger import codes as _C
+from _fastledger._ledger cimport Result, result_item
+from _fastledger._ledger import Result as _Result
 
 from . import validate as _validate
 from .errors import QuotaError, from_core_status
@@ -1066,18 +1068,21 @@ cdef class _Usage:
         """Append this op's usage record (JSON, exactly as dataplane._usage_row writes it) to `b`
         and its events to `events`, for result `r`; 0 if the op records no usage."""
         cdef WireCodec c = self.codec
-        cdef tuple t = <tuple?>r  # an OK result of the core: read unchecked after the length check
-        if len(t) < 6:
+        cdef Result t = as_result(r)
+        if t.n < 6:
             raise ValueError(f"core result {t!r} is too short for a usage record")
         if self.kind == K_CHARGE:
-            if t[1] != DECISION_OK:
+            if result_item(t, 1) != DECISION_OK:
                 return 0
-            c.usage_json(b, "", self.item_id, self.action, self.quantities_json, t[2], 0, self.labels_json, False)
-            c.usage_events(events, self.account_id, t[3], 0)
+            c.usage_json(b, "", self.item_id, self.action, self.quantities_json, result_item(t, 2), 0,
+                         self.labels_json, False)
+            c.usage_events(events, self.account_id, result_item(t, 3), 0)
             return 1
         action, labels_json = c.commit_meta(self)
-        c.usage_json(b, self.item_id, "", action, b"", t[1], t[3], labels_json, t[5])
-        c.usage_events(events, self.account_id, t[4], t[3])
+        uncharged = result_item(t, 3)
+        c.usage_json(b, self.item_id, "", action, b"", result_item(t, 1), uncharged, labels_json,
+                     result_item(t, 5))
+        c.usage_events(events, self.account_id, result_item(t, 4), uncharged)
         return 1
 
 
@@ -1713,10 +1718,6 @@ cdef class WireCodec:
         return PyBytes_FromStringAndSize(b.p, b.n)
 
 
-cdef inline int64_t i64(object v) except? -1:
-    return v
-
-
 cdef int batch_op_kind(const uint8_t* p, Py_ssize_t n, const uint8_t** sub_p, Py_ssize_t* sub_n) noexcept nogil:
     """The BatchOp's operation if it is exactly one mutating request, else K_SLOW."""
     cdef const uint8_t* end = p + n
@@ -1771,14 +1772,31 @@ cdef inline int64_t ceil_ms(int64_t ns):
 
 
 cdef Py_ssize_t[6] RESULT_LEN = [0, 7, 6, 3, 5, 6]  # by kind: the core's OK result of each fast-path op
+cdef int[6] RESULT_TEXT_AT = [-1, 6, -1, -1, -1, 5]  # by kind: where that result has its str item
+
+
+cdef inline Result as_result(object r):
+    """The core's result `r`, or a Result of the same items if `r` is a tuple (tests give the
+    encoders tuples); OverflowError if an int item is outside int64."""
+    return <Result>r if type(r) is _Result else _Result(r)
+
+
+cdef inline object text_item(Result t, Py_ssize_t k):
+    """Item k of `t` where it must be the result's str (or None)."""
+    if t.text_at != k:
+        raise ValueError(f"core result {t!r} has no str item at {k}")
+    return result_item(t, k)
 
 
 cdef int encode_response(Buf* b, int kind, object op, object r) except -1:
     """The response message (not wrapped) of a fast-path op; raises QuotaError if not OK."""
-    cdef tuple t = <tuple?>r  # items are read unchecked (boundscheck off) after the length check
+    cdef Result res = as_result(r)
+    cdef int64_t* t = res.v   # the int items, read after the length and shape checks
     cdef int64_t st
-    if len(t) < 1:
+    if res.n < 1:
         raise ValueError("empty core result")
+    if res.text_at == 0:
+        raise ValueError(f"core result {res!r} has no int status")
     st = t[0]
     if st != ST_OK:
         if kind == K_EXTEND and st == ST_INVALID_AMOUNT:
@@ -1786,36 +1804,38 @@ cdef int encode_response(Buf* b, int kind, object op, object r) except -1:
         raise from_core_status(st)
     if not (K_RESERVE <= kind <= K_CHARGE):
         raise ValueError(f"not a fast-path kind: {kind}")
-    if len(t) < RESULT_LEN[kind]:
-        raise ValueError(f"core result {t!r} is too short for kind {kind}")
+    if res.n < RESULT_LEN[kind]:
+        raise ValueError(f"core result {res!r} is too short for kind {kind}")
+    if res.text_at >= 0 and res.text_at != RESULT_TEXT_AT[kind]:
+        raise ValueError(f"core result {res!r} has a str where kind {kind} has an int")
     if kind == K_RESERVE:
-        pb_varint_field(b, 0x08, i64(t[1]))
+        pb_varint_field(b, 0x08, t[1])
         pb_str_field(b, 0x12, op[2])
-        pb_varint_field(b, 0x18, i64(t[2]))
-        pb_varint_field(b, 0x20, i64(t[3]))
-        pb_varint_field(b, 0x28, ms_of(i64(t[4])))
-        pb_varint_field(b, 0x30, ceil_ms(i64(t[5])))
-        pb_str_field(b, 0x3a, t[6])
+        pb_varint_field(b, 0x18, t[2])
+        pb_varint_field(b, 0x20, t[3])
+        pb_varint_field(b, 0x28, ms_of(t[4]))
+        pb_varint_field(b, 0x30, ceil_ms(t[5]))
+        pb_str_field(b, 0x3a, text_item(res, 6))
     elif kind == K_COMMIT:
-        pb_varint_field(b, 0x08, i64(t[1]))
-        pb_varint_field(b, 0x10, i64(t[2]))
-        pb_varint_field(b, 0x18, i64(t[3]))
-        pb_varint_field(b, 0x20, i64(t[4]))
+        pb_varint_field(b, 0x08, t[1])
+        pb_varint_field(b, 0x10, t[2])
+        pb_varint_field(b, 0x18, t[3])
+        pb_varint_field(b, 0x20, t[4])
         pb_varint_field(b, 0x28, 1 if t[5] else 0)
     elif kind == K_RELEASE:
-        pb_varint_field(b, 0x08, i64(t[1]))
-        pb_varint_field(b, 0x10, i64(t[2]))
+        pb_varint_field(b, 0x08, t[1])
+        pb_varint_field(b, 0x10, t[2])
     elif kind == K_EXTEND:
-        pb_varint_field(b, 0x08, i64(t[1]))
-        pb_varint_field(b, 0x10, i64(t[2]))
-        pb_varint_field(b, 0x18, ms_of(i64(t[3])))
-        pb_varint_field(b, 0x20, i64(t[4]))
+        pb_varint_field(b, 0x08, t[1])
+        pb_varint_field(b, 0x10, t[2])
+        pb_varint_field(b, 0x18, ms_of(t[3]))
+        pb_varint_field(b, 0x20, t[4])
     else:  # K_CHARGE
-        pb_varint_field(b, 0x08, i64(t[1]))
-        pb_varint_field(b, 0x10, i64(t[2]))
-        pb_varint_field(b, 0x18, i64(t[3]))
-        pb_varint_field(b, 0x20, ceil_ms(i64(t[4])))
-        pb_str_field(b, 0x2a, t[5])
+        pb_varint_field(b, 0x08, t[1])
+        pb_varint_field(b, 0x10, t[2])
+        pb_varint_field(b, 0x18, t[3])
+        pb_varint_field(b, 0x20, ceil_ms(t[4]))
+        pb_str_field(b, 0x2a, text_item(res, 5))
     return 0
 
 
@@ -1931,7 +1951,7 @@ cdef class BatchWork:
                 if derive is None:
                     continue
                 r = results[start + i]
-                if (<tuple>r)[0] != ST_OK or (replayed and (start + i) in replayed):
+                if as_result(r).v[0] != ST_OK or (replayed and (start + i) in replayed):
                     continue
                 u = <_Usage>derive
                 hit = slot_of.get(u.account_id)

@@ -44,7 +44,7 @@ def test_junk_fields_match_the_model(seed):
         got = core.apply(ops, now)
         assert got == model.apply(ops, now), ops
         assert core.replayed_indices() == model.replayed_indices(), ops
-        assert all(isinstance(r, tuple) and r and isinstance(r[0], int) for r in got)
+        assert all(isinstance(r, _fastledger.Result) and r and isinstance(r[0], int) for r in got)
         core.take_journal()
     core.check_invariants()
     model.check_invariants()
