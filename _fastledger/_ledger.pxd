@@ -106,6 +106,16 @@ ctypedef struct Heap:
     Py_ssize_t len              # entries in a: n plus HQ_HOLDS's tombstones (see heap.pxi)
 
 
+# The purge queue (purge.pxi): entries in key order in a FIFO ring, the rest in a heap.
+ctypedef struct PurgeQ:
+    Heap heap                   # entries that came out of key order (kind HQ_PURGE)
+    HEnt* ring                  # entry with ticket T at ring[T & mask], tickets head_t ..
+    size_t mask                 # head_t + len - 1 in key order
+    int64_t head_t              # the ticket of the ring's first entry
+    size_t len                  # ring entries, tombstones (p NULL) included
+    Py_ssize_t n                # live entries, ring and heap
+
+
 ctypedef struct Table:
     uint64_t* slots             # Rec pointer (48 bits) | hash tag (top 16 bits); 0 = empty
     size_t mask
@@ -183,7 +193,7 @@ cdef class Ledger:
     cdef Table recs
     cdef Heap holds_q
     cdef Heap lots_q
-    cdef Heap purge_q
+    cdef PurgeQ purge_q
     cdef PtrVec dirty_accts
     cdef PtrVec dirty_recs
     cdef dict ceilings          # account -> debt + overdraft ceiling after a credit-limit cut

@@ -23,6 +23,7 @@ cdef extern from *:
 include "util.pxi"
 include "result.pxi"
 include "heap.pxi"
+include "purge.pxi"
 include "table.pxi"
 include "lots.pxi"
 include "buckets.pxi"
@@ -111,7 +112,7 @@ cdef class Ledger:
         table_init(&self.accts, 64)
         self.holds_q.kind = HQ_HOLDS
         self.lots_q.kind = HQ_LOTS
-        self.purge_q.kind = HQ_PURGE
+        self.purge_q.heap.kind = HQ_PURGE
         self.expired_log = []
         self.lots_expired_log = []
 
@@ -140,7 +141,7 @@ cdef class Ledger:
         PyMem_Free(self.accts.slots)
         heap_clear(&self.holds_q)
         heap_clear(&self.lots_q)
-        heap_clear(&self.purge_q)
+        pq_clear(&self.purge_q)
         PyMem_Free(self.jbuf.p)
         PyMem_Free(self.dirty_accts.a)
         PyMem_Free(self.dirty_recs.a)
@@ -329,6 +330,7 @@ cdef class Ledger:
             "open_holds": self.holds_q.n,
             "lot_queue": self.lots_q.n,
             "purge_queue": self.purge_q.n,
+            "purge_queue_heap": self.purge_q.heap.n,    # the part out of key order (purge.pxi)
             "seq": self.seq,
         }
 

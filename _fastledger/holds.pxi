@@ -202,7 +202,7 @@ cdef inline int close_hold(Ledger L, Account a, Hold* h, uint8_t state, int64_t 
     if h.qidx >= 0:
         heap_remove_at(&L.holds_q, h.qidx)
     memset(&h.u, 0, sizeof(HoldBody))
-    heap_push(&L.purge_q, now + L.retention_ns, h.r.seq, h)
+    pq_push(&L.purge_q, now + L.retention_ns, h.r.seq, &h.r, now + L.retention_ns)
     return 0
 
 

@@ -20,6 +20,27 @@ cdef bint probe_reaches(uint64_t* slots, size_t mask, size_t i) noexcept:
     return True
 
 
+cdef int check_purge_ring(Ledger L) except -1:
+    """The purge ring is in key order, its entries know their positions, and the ring's and
+    the heap's live entries add up to the queue's count."""
+    cdef PurgeQ* q = &L.purge_q
+    cdef HEnt* prev = NULL
+    cdef HEnt* e
+    cdef size_t k
+    cdef Py_ssize_t live = 0
+    for k in range(q.len):
+        e = &q.ring[(q.head_t + <int64_t>k) & q.mask]
+        if e.p == NULL:
+            continue
+        require(prev == NULL or hent_lt(prev, e), "the purge ring is in key order", None)
+        require(rec_pidx(<Rec*>e.p)[0] == pq_ring_pos(q.head_t + <int64_t>k),
+                "a ring entry's record knows its position", None)
+        prev = e
+        live += 1
+    require(live + q.heap.n == q.n, "the purge queue's count", None)
+    return 0
+
+
 cdef int check_invariants(Ledger L) except -1:
     cdef dict per = {}          # Account -> [open holds, held, overdraft, {lot seq: earmarked}]
     cdef list acc
@@ -47,13 +68,13 @@ cdef int check_invariants(Ledger L) except -1:
             require(not (r.flags & RF_DEAD), "a purged record is still indexed", a)
             require(lookup(L, a.aid) is a, "a record's account is in the ledger", a)
             if r.kind != REC_HOLD:
-                require((<Idem*>r).pidx >= 0 and L.purge_q.a[(<Idem*>r).pidx].p == <void*>r,
+                require((<Idem*>r).pidx != -1 and pq_entry(&L.purge_q, (<Idem*>r).pidx).p == <void*>r,
                         "an idempotency record is queued for purge", a)
                 purge_n += 1
                 continue
             h = <Hold*>r
             if h.state != RES_HELD:
-                require(h.qidx >= 0 and L.purge_q.a[h.qidx].p == <void*>h,
+                require(h.qidx != -1 and pq_entry(&L.purge_q, h.qidx).p == <void*>h,
                         "a settled hold is queued for purge", a)
                 purge_n += 1
                 continue
@@ -80,6 +101,7 @@ cdef int check_invariants(Ledger L) except -1:
     require(indexed == L.recs.n, "the record table's count", None)
     require(held_n == L.holds_q.n, "the hold queue has exactly the open holds", None)
     require(purge_n == L.purge_q.n, "the purge queue has exactly the settled records", None)
+    check_purge_ring(L)
     for a in L.accounts:
         acc = per.get(a, [0, 0, 0, {}])
         marks = acc[3]

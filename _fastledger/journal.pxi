@@ -145,7 +145,7 @@ cdef int put_buckets(Buf* b, Account a) except -1:
     return 0
 
 
-cdef int put_hold(Buf* b, Hold* h, Heap* purge_q) except -1:
+cdef int put_hold(Buf* b, Hold* h, PurgeQ* purge_q) except -1:
     """A hold as its journal entry. The format predates the HoldOpen/HoldDone union: an open hold
     is written with its earmarks, a settled one with none and overdraft 0, and the settlement
     block (present once settled or extended) has the purge time from the hold's purge entry."""
@@ -205,7 +205,7 @@ cdef int put_hold(Buf* b, Hold* h, Heap* purge_q) except -1:
         c = put64(c, hold_released(h))
         c = put64(c, h.u.d.uncharged)
         c = put64(c, h.u.d.avail)
-        c = put64(c, purge_q.a[h.qidx].t)
+        c = put64(c, pq_time(purge_q, &h.r))
         c = put8(c, settle_result(h.state))
         c = put8(c, 1 if h.hflags & HF_LATE else 0)
         c = put8(c, 1 if h.orig != NULL else 0)
@@ -248,7 +248,7 @@ cdef inline uint8_t settle_result(uint8_t state) noexcept:
     return AUX_NONE             # expired, not yet settled by a late commit or a release
 
 
-cdef int put_rec(Buf* b, Rec* r, Heap* purge_q) except -1:
+cdef int put_rec(Buf* b, Rec* r, PurgeQ* purge_q) except -1:
     if r.kind == REC_HOLD:
         return put_hold(b, <Hold*>r, purge_q)
     return put_idem(b, <Idem*>r)

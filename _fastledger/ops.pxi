@@ -140,7 +140,7 @@ cdef Result op_grant(Ledger L, tuple op, int64_t now):
     g.purge_ns = now + L.retention_ns
     if expires:
         g.purge_ns = INT64_MAX if expires > INT64_MAX - L.retention_ns else expires + L.retention_ns
-    heap_push(&L.purge_q, g.purge_ns, seq, g)
+    pq_push(&L.purge_q, g.purge_ns, seq, &g.r, now + L.retention_ns)
     mark_rec(L, &g.r)
     mark_acct(L, a, D_CORE)
     return r_int(OK, avail)
@@ -193,7 +193,7 @@ cdef Result op_charge(Ledger L, tuple op, int64_t now):
     c.amount = amount
     c.avail = avail
     c.purge_ns = now + L.retention_ns
-    heap_push(&L.purge_q, c.purge_ns, seq, c)
+    pq_push(&L.purge_q, c.purge_ns, seq, &c.r, now + L.retention_ns)
     mark_rec(L, &c.r)
     mark_acct(L, a, D_CORE)
     return r_charge(OK, DECISION_OK, amount, avail, 0, EMPTY)
@@ -224,7 +224,7 @@ cdef Result op_check(Ledger L, tuple op, int64_t now):
 
 cdef Result op_expire(Ledger L, tuple op, int64_t now):
     cdef object max_o = op[1]
-    cdef int64_t max_items, done = 0
+    cdef int64_t max_items, done = 0, seq
     cdef int ovf = 0
     cdef int i
     cdef Hold* h
@@ -256,16 +256,21 @@ cdef Result op_expire(Ledger L, tuple op, int64_t now):
             mark_acct(L, a, D_CORE)
             done += 1
         Py_DECREF(a)
-    while done < max_items and L.purge_q.n and L.purge_q.a[0].t <= now:
-        r = <Rec*>L.purge_q.a[0].p
+    while done < max_items:
+        top = pq_peek(&L.purge_q)
+        if top == NULL or top.t > now:
+            break
+        pq_prefetch(&L.purge_q, &L.recs)
+        r = <Rec*>top.p
+        seq = top.seq
+        pq_remove(&L.purge_q, r)
         if r.kind == REC_GRANT and lot_of_grant(<Account>r.acct, r) >= 0:
             # Lot ids are grant ids: the record lives as long as its lot, so a retry can never
             # create a second lot with the same id. It is looked at again a retention later.
             (<Idem*>r).purge_ns = now + L.retention_ns
-            heap_update_at(&L.purge_q, 0, (<Idem*>r).purge_ns)
+            pq_push(&L.purge_q, (<Idem*>r).purge_ns, seq, r, now + L.retention_ns)
             mark_rec(L, r)
         else:
-            heap_remove_at(&L.purge_q, 0)
             rec_kill(L, r)
         done += 1
     return r_int(OK, done)

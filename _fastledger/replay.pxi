@@ -360,18 +360,17 @@ cdef Rec* replace_rec(Reader x, Account a, uint8_t kind, const char* rid, Py_ssi
     cdef uint64_t hk = rec_hash(a, kind, rid, n)
     cdef Rec* r = table_find(&L.recs, a, kind, rid, n, hk)
     cdef Hold* h
+    cdef bint was_queued
     if r == NULL:
         return rec_new_raw(L, a, kind, rid, n, hk, seq, fp)
+    was_queued = (<Hold*>r).qidx != -1 if kind == REC_HOLD else (<Idem*>r).pidx != -1
+    rec_dequeue(L, r)
     if kind == REC_HOLD:
         h = <Hold*>r
-        if h.qidx >= 0:
-            heap_remove_at(&L.holds_q if h.state == RES_HELD else &L.purge_q, h.qidx)
         hold_clear_parts(h)
         memset((<char*>r) + sizeof(Rec), 0, sizeof(Hold) - sizeof(Rec))
         h.qidx = -1
-    elif (<Idem*>r).pidx >= 0:
-        heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
-    elif r.seq == 0:
+    elif not was_queued and r.seq == 0:
         x.pending -= 1              # a lot's placeholder, filled in now
     r.seq = seq
     r.fp = fp
@@ -469,7 +468,7 @@ cdef int rd_hold(Reader x) except -1:
         h.u.d.avail = done[3]
         if late:
             h.hflags |= HF_LATE
-        heap_push(&L.purge_q, purge_ns, seq, h)
+        pq_push(&L.purge_q, purge_ns, seq, &h.r, INT64_MIN)  # stored times: the heap
     return 0
 
 
@@ -500,7 +499,7 @@ cdef int rd_idem(Reader x, uint8_t kind) except -1:
     (<Idem*>g).amount = amount
     (<Idem*>g).avail = avail
     (<Idem*>g).purge_ns = purge_ns
-    heap_push(&x.L.purge_q, purge_ns, seq, g)
+    pq_push(&x.L.purge_q, purge_ns, seq, g, INT64_MIN)  # stored times: the heap
     return 0
 
 

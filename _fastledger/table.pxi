@@ -354,16 +354,23 @@ cdef inline int mark_rec(Ledger L, Rec* r) except -1:
     return 0
 
 
+cdef void rec_dequeue(Ledger L, Rec* r) noexcept:
+    """Take a record out of whichever queue has it (an open hold: the hold queue; any other
+    record: the purge queue), if any."""
+    cdef Hold* h
+    if r.kind == REC_HOLD and (<Hold*>r).state == RES_HELD:
+        h = <Hold*>r
+        if h.qidx >= 0:
+            heap_remove_at(&L.holds_q, h.qidx)
+    else:
+        pq_remove(&L.purge_q, r)
+
+
 cdef void rec_detach(Ledger L, Rec* r) noexcept:
     """Remove a record from the table and its queues (the caller frees it)."""
     cdef Hold* h
     table_remove(&L.recs, r)
-    if r.kind == REC_HOLD:
-        h = <Hold*>r
-        if h.qidx >= 0:
-            heap_remove_at(&L.holds_q if h.state == RES_HELD else &L.purge_q, h.qidx)
-    elif (<Idem*>r).pidx >= 0:
-        heap_remove_at(&L.purge_q, (<Idem*>r).pidx)
+    rec_dequeue(L, r)
 
 
 cdef int rec_kill(Ledger L, Rec* r) except -1:
