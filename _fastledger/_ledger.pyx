@@ -137,8 +137,8 @@ cdef class Ledger:
                 for i in range(cap):
                     if slots[i] != 0:
                         rec_free(slot_rec(slots[i]))
-                PyMem_Free(slots)
-        PyMem_Free(self.accts.slots)
+                fl_slots_free(slots, cap * sizeof(uint64_t))
+        fl_slots_free(self.accts.slots, (self.accts.mask + 1) * sizeof(uint64_t))
         heap_clear(&self.holds_q)
         heap_clear(&self.lots_q)
         pq_clear(&self.purge_q)

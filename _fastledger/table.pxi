@@ -49,8 +49,34 @@ cdef enum:
     DRAIN_PREFETCH = 16         # old slots after a drain step whose records it prefetches
 
 
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    /* Slot arrays of 2 MiB and more are mapped on their own, asking for transparent huge pages:
+       a probe lands anywhere in them, and with 4 KiB pages nearly every probe of a table
+       larger than the TLB's reach also walked the page tables. Zeroed by the kernel. */
+    #define FL_HUGE_MIN ((size_t)2 << 20)
+    static void *fl_slots_alloc(size_t n) {
+        if (n < FL_HUGE_MIN) return PyMem_Calloc(n, 1);
+        void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+    #ifdef MADV_HUGEPAGE
+        madvise(p, n, MADV_HUGEPAGE);
+    #endif
+        return p;
+    }
+    static void fl_slots_free(void *p, size_t n) {
+        if (p == NULL) return;
+        if (n < FL_HUGE_MIN) PyMem_Free(p);
+        else munmap(p, n);
+    }
+    """
+    void* fl_slots_alloc(size_t n) nogil
+    void fl_slots_free(void* p, size_t n) nogil
+
+
 cdef int table_init(Table* t, size_t cap) except -1:
-    t.slots = <uint64_t*>PyMem_Calloc(cap, sizeof(uint64_t))
+    t.slots = <uint64_t*>fl_slots_alloc(cap * sizeof(uint64_t))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
@@ -172,7 +198,7 @@ cdef void table_drain(Table* t, size_t budget) noexcept:
     table_place_all(t, pend, npend)
     t.drain_at = i
     if t.drain_left == 0:
-        PyMem_Free(old)
+        fl_slots_free(old, (t.old_mask + 1) * sizeof(uint64_t))
         t.old = NULL
         t.old_mask = 0
         return
@@ -226,7 +252,7 @@ cdef int table_resize(Table* t, size_t cap) except -1:
         if old[i] != 0:
             table_place(t, old[i])
     t.n = n
-    PyMem_Free(old)
+    fl_slots_free(old, old_cap * sizeof(uint64_t))
     return 0
 
 
@@ -448,7 +474,7 @@ cdef int acct_index_add(Table* t, Account a, uint64_t h) except -1:
                     j = (j + 1) & t.mask
                 t.slots[j] = old[i]
         t.n = n
-        PyMem_Free(old)
+        fl_slots_free(old, old_cap * sizeof(uint64_t))
     i = h & t.mask
     while t.slots[i] != 0:
         i = (i + 1) & t.mask
