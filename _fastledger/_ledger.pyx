@@ -332,6 +332,9 @@ cdef class Ledger:
             "purge_queue": self.purge_q.n,
             "purge_queue_heap": self.purge_q.heap.n,    # the part out of key order (purge.pxi)
             "seq": self.seq,
+            # Slot arrays of 2 MiB and more, mapped on their own (table.pxi): memory that
+            # tracemalloc does not see.
+            "mapped_bytes": table_mapped_bytes(&self.recs) + table_mapped_bytes(&self.accts),
         }
 
 

@@ -73,6 +73,20 @@ cdef extern from *:
     """
     void* fl_slots_alloc(size_t n) nogil
     void fl_slots_free(void* p, size_t n) nogil
+    const size_t FL_HUGE_MIN
+
+
+cdef size_t table_mapped_bytes(Table* t) noexcept:
+    """Bytes of this table's slot arrays that fl_slots_alloc mapped on their own (which
+    tracemalloc, seeing only the PyMem allocator, does not count)."""
+    cdef size_t total = 0, n
+    n = (t.mask + 1) * sizeof(uint64_t)
+    if t.slots != NULL and n >= FL_HUGE_MIN:
+        total += n
+    n = (t.old_mask + 1) * sizeof(uint64_t)
+    if t.old != NULL and n >= FL_HUGE_MIN:
+        total += n
+    return total
 
 
 cdef int table_init(Table* t, size_t cap) except -1:

@@ -5,7 +5,9 @@ idempotency record), then opens one hold per account, then commits every hold (a
 hold stays for the idempotency retention, so that a retried commit gets its original result:
 what a busy server accumulates). Every apply is followed by take_journal, as in the engine. Reports the
 growth of traced Python memory (tracemalloc: every PyMem/PyObject allocation, which is all the
-core uses; the ids are counted, the benchmark's own op tuples are not kept) and of RSS.
+core uses but for its record and account tables' slot arrays of 2 MiB and more, mapped on their
+own and added from the ledger's `stats()["mapped_bytes"]`; the ids are counted, the benchmark's
+own op tuples are not kept) and of RSS.
 
     python benchmarks/bench_memory.py            # 1,000,000 accounts (a minute or two)
     python benchmarks/bench_memory.py --small    # 10,000 accounts, for CI
@@ -44,16 +46,23 @@ def apply_chunks(led, make_op, n: int, now: int) -> None:
 
 
 class Meter:
-    """Growth of traced memory (when tracemalloc runs) and of RSS since creation."""
+    """Growth of traced memory (when tracemalloc runs; plus the ledger's mapped slot arrays) and
+    of RSS since creation."""
 
-    def __init__(self) -> None:
+    def __init__(self, led) -> None:
         gc.collect()
-        self.traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+        self.led = led
+        self.traced = self.traced_now()
         self.rss = rss_bytes()
+
+    def traced_now(self) -> int:
+        if not tracemalloc.is_tracing():
+            return 0
+        return tracemalloc.get_traced_memory()[0] + self.led.stats()["mapped_bytes"]
 
     def delta(self) -> tuple[int | None, int]:
         gc.collect()
-        traced = tracemalloc.get_traced_memory()[0] - self.traced if tracemalloc.is_tracing() else None
+        traced = self.traced_now() - self.traced if tracemalloc.is_tracing() else None
         return traced, rss_bytes() - self.rss
 
 
@@ -71,7 +80,7 @@ def main(argv=None) -> int:
     acct = lambda i: f"acct-{i:07d}"  # noqa: E731
 
     led = _fastledger.Ledger(retention_ns=RETENTION_NS)
-    base = Meter()
+    base = Meter(led)
     apply_chunks(led, lambda i: (C.OP_UPSERT, acct(i), "free", 0, None, None, None), n, now)
     bare = base.delta()
     apply_chunks(led, lambda i: (C.OP_GRANT, acct(i), f"grant-{i:07d}", 1, 1000,
@@ -79,7 +88,7 @@ def main(argv=None) -> int:
     with_lot = base.delta()
     assert led.stats()["records"] == n
 
-    holds = Meter()
+    holds = Meter(led)
     apply_chunks(led, lambda i: (C.OP_RESERVE, acct(i), f"res-{i:07d}", 1, 10, False, 0,
                                  600 * SECOND, C.EXPIRE_RELEASE, True, (), b""), n, now)
     hold = holds.delta()
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
     other = _fastledger.Ledger(retention_ns=RETENTION_NS)
     apply_chunks(other, lambda i: (C.OP_UPSERT, acct(i), "free", 0, 10, None, None), n, now)
     apply_chunks(other, lambda i: (C.OP_CHARGE, acct(i), "c", 1, 5, True, ()), n, now)
-    records = Meter()
+    records = Meter(other)
     apply_chunks(other, lambda i: (C.OP_GRANT, acct(i), f"grant-{i:07d}", 1, 5,
                                    C.LOT_PURCHASED, 0, 0), n, now)
     record = records.delta()
