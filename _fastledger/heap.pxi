@@ -104,10 +104,10 @@ cdef inline void heap_move(Heap* h, Py_ssize_t i, HEnt e) noexcept nogil:
         heap_sift_down(h, i, e)
 
 
-cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
+cdef int heap_room(Heap* h) except -1:
+    """Room for one more entry (so that the next heap_push cannot fail)."""
     cdef Py_ssize_t cap
     cdef HEnt* a
-    cdef HEnt e
     if h.len == h.cap:
         cap = h.cap * 2 if h.cap else 64
         a = <HEnt*>PyMem_Realloc(h.a, cap * sizeof(HEnt))
@@ -115,6 +115,12 @@ cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
             raise MemoryError()
         h.a = a
         h.cap = cap
+    return 0
+
+
+cdef int heap_push(Heap* h, int64_t t, int64_t seq, void* p) except -1:
+    cdef HEnt e
+    heap_room(h)
     if h.kind == HQ_LOTS:
         Py_INCREF(<object>p)
     e.t = t

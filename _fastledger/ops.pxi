@@ -263,14 +263,16 @@ cdef Result op_expire(Ledger L, tuple op, int64_t now):
         pq_prefetch(&L.purge_q, &L.recs)
         r = <Rec*>top.p
         seq = top.seq
-        pq_remove(&L.purge_q, r)
         if r.kind == REC_GRANT and lot_of_grant(<Account>r.acct, r) >= 0:
             # Lot ids are grant ids: the record lives as long as its lot, so a retry can never
             # create a second lot with the same id. It is looked at again a retention later.
+            pq_room(&L.purge_q)     # first: once out of the queue, it must go back in
+            pq_remove(&L.purge_q, r)
             (<Idem*>r).purge_ns = now + L.retention_ns
             pq_push(&L.purge_q, (<Idem*>r).purge_ns, seq, r, now + L.retention_ns)
             mark_rec(L, r)
         else:
+            pq_remove(&L.purge_q, r)
             rec_kill(L, r)
         done += 1
     return r_int(OK, done)

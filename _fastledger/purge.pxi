@@ -111,6 +111,14 @@ cdef int pq_push_slow(PurgeQ* q, int64_t t, int64_t seq, Rec* r, int64_t horizon
     return pq_push(q, t, seq, r, horizon)
 
 
+cdef int pq_room(PurgeQ* q) except -1:
+    """Room for one more entry in both parts, so that the next pq_push cannot fail (the sweep
+    makes it before it takes a grant record out to queue it again)."""
+    if q.ring == NULL or q.len == q.mask + 1:
+        pq_ring_grow(q)
+    return heap_room(&q.heap)
+
+
 cdef inline HEnt* pq_ring_head(PurgeQ* q) noexcept nogil:
     """The ring's first live entry (tombstones before it dropped), or NULL."""
     while q.len and q.ring[q.head_t & q.mask].p == NULL:
