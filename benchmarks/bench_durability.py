@@ -1,7 +1,7 @@
 """What durability costs: the real server on memory:// (persists nothing), SQLite and Redis.
 
-Three `quota-server` processes (the installed console script) run side by side, started afresh on
-empty storage for every repetition:
+Each load runs against a `quota-server` process (the installed console script) of its own,
+started for it on empty storage and stopped after it, so no other server is running beside it:
 
 - ``memory``: ``memory://`` storage, the baseline: the same engine, group commit and core, with
   a store that writes nothing anywhere (it drops journal records and keeps usage rows and
@@ -16,7 +16,10 @@ Commit of that reservation; ``batch`` is 4 callers, each looping Batch(1000 Rese
 Batch(1000 Commits of them). Every RPC op counts one. Each repetition measures every target on
 every workload (the target order rotates between repetitions, so none always goes first; each load
 starts once the machine is quiet, see bench_e2e.wait_quiet) on
-fresh accounts, so every reservation id is new and every op is really persisted. Reported:
+fresh accounts, so every reservation id is new and every op is really persisted. (Until session 11
+the three servers of a repetition ran side by side and each kept what it had been loaded with:
+the one loaded last ran about 15 % slower than the one loaded first, whichever backend it was;
+docs/performance.md.) Reported:
 ops/s and p50/p99 latency, each the median over the repetitions (each repetition's figure is
 itself the median of its windows), and the ratio to memory-only: the median of the
 per-repetition ratios (listed in the verdict lines), as bench_e2e's `vs floor`. (Until session
@@ -169,47 +172,51 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
         redis_base = redis.url.rsplit("/", 1)[0]
 
-        def fresh_targets(rep: int) -> list:
-            # Every repetition starts three new servers on empty storage (a new SQLite file, a
-            # new Redis database in an emptied Redis), so each compares like with like: every
-            # server's core keeps each reservation for the idempotency retention and slows down
-            # as a run piles them up.
-            return [
-                e2e.Target("memory", "memory://", workdir, server_cmd),
-                e2e.Target("sqlite", f"sqlite:///{workdir / f'sqlite-{rep}' / 'quota.db'}", workdir, server_cmd),
-                e2e.Target("redis", f"{redis_base}/{rep % 16}", workdir, server_cmd),
-            ]
+        def fresh_target(name: str, rep: int, workload: str):
+            # A new server on empty storage for every load (a new SQLite file; for Redis, an
+            # emptied redis-server, reset before the load): a server's core keeps each
+            # reservation for the idempotency retention and slows down as a run piles them up,
+            # and a server still holding an earlier load's data slows the others down.
+            if name == "memory":
+                return e2e.Target("memory", "memory://", workdir, server_cmd)
+            if name == "sqlite":
+                return e2e.Target("sqlite", f"sqlite:///{workdir / f'sqlite-{rep}-{workload}' / 'quota.db'}",
+                                  workdir, server_cmd)
+            return e2e.Target("redis", f"{redis_base}/0", workdir, server_cmd)
 
         targets: list = []
+        running = None
         try:
             for rep in range(args.reps):
-                for target in targets:
-                    target.stop()
-                reset_redis(redis.url)
-                targets = fresh_targets(rep)
-                for target in targets:
-                    print(f"== rep {rep} {target.name}: starting", file=sys.stderr, flush=True)
-                    target.start()
                 # Fresh accounts per repetition: ids are scoped to their account, so every
                 # reservation id of this repetition is new (a replay would persist nothing).
                 unary = e2e.split_accounts(f"u{rep}", args.callers, args.client_procs)
                 batch = e2e.split_accounts(f"b{rep}", args.batch_callers, args.client_procs)
-                for target in targets:
-                    target.setup_accounts([a for group in unary + batch for a in group])
-                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+                order = TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]
                 for workload in workloads:
-                    for target in order:
-                        result = e2e.run_load(target, workload, args, unary if workload == "unary" else batch)
-                        results[(target.name, workload)].append(result)
-                        print(f"== rep {rep} {target.name} {workload}: {result['median']['ops_per_s']:,.0f} ops/s, "
+                    accounts = unary if workload == "unary" else batch
+                    targets = []
+                    for name in order:
+                        if name == "redis":
+                            reset_redis(redis.url)
+                        running = fresh_target(name, rep, workload)
+                        print(f"== rep {rep} {name} {workload}: starting", file=sys.stderr, flush=True)
+                        running.start()
+                        running.setup_accounts([a for group in accounts for a in group])
+                        result = e2e.run_load(running, workload, args, accounts)
+                        results[(name, workload)].append(result)
+                        print(f"== rep {rep} {name} {workload}: {result['median']['ops_per_s']:,.0f} ops/s, "
                               f"errors {result['tally']}, CPU steal {result['steal_pct']:.0f} %, "
                               f"waited {result['quiet_wait_s']:.1f} s for a quiet machine",
                               file=sys.stderr, flush=True)
-                        if target.proc.poll() is not None:
-                            raise RuntimeError(f"{target.name} died during the run:\n{target.log()}")
+                        if running.proc.poll() is not None:
+                            raise RuntimeError(f"{name} died during the run:\n{running.log()}")
+                        running.stop()
+                        targets.append(running)
+                        running = None
         finally:
-            for target in targets:
-                target.stop()
+            if running is not None:
+                running.stop()
             redis.stop()
         config = e2e.machine_lines(args, server_cmd, targets, load_before)
         config.append(f"repetitions: {args.reps} (figures are medians over them); Redis: appendonly yes, "
