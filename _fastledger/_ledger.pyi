@@ -44,6 +44,8 @@ class Ledger:
     @staticmethod
     def from_snapshot(blob: bytes, *, retention_ns: int = 86_400_000_000_000) -> Ledger:
         """A ledger with exactly the state of `blob`; ValueError if it is not a valid snapshot."""
+    def settle_purge_queue(self) -> None:
+        """Move replayed purge entries into the purge queue's in-order part where they can go."""
     def replay(self, record: bytes) -> None:
         """Apply a redo record; ValueError (ledger unchanged) if it is corrupt or truncated."""
     def account_view(self, account_id: str, now_ns: int) -> dict[str, Any] | None: ...

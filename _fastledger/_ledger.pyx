@@ -237,9 +237,16 @@ cdef class Ledger:
         """A ledger with exactly the state of `blob` (ValueError if it is not a valid snapshot)."""
         cdef Ledger led = Ledger(retention_ns=retention_ns)
         replay(led, blob, J_SNAPSHOT)
+        pq_settle(&led.purge_q)
         if QUOTA_DEBUG:
             check_invariants(led)
         return led
+
+    def settle_purge_queue(self):
+        """Move what `replay` queued for purge out of order into the in-order part of the purge
+        queue, where it can (see purge.pxi): call it once after replaying a run of records (the
+        engine does, after recovery). Changes no state a view or a result shows."""
+        pq_settle(&self.purge_q)
 
     def replay(self, record):
         """Apply a redo record (state overwrite, no logic re-run). A corrupt or truncated record

@@ -157,6 +157,34 @@ cdef void pq_remove(PurgeQ* q, Rec* r) noexcept:
         q.n -= 1
 
 
+cdef int pq_settle(PurgeQ* q) except -1:
+    """Move the heap's entries that can go to the ring there, in key order: after a replay,
+    which puts every entry it reads in the heap (stored times may come in any order). Those are
+    the entries up to the latest purge time of a settled hold or a charge record (made at most a
+    retention ago: the ring's natural horizon); a grant record kept a retention past its lot's
+    expiry may lie beyond it and stays in the heap. Entries leave in the same order as before."""
+    cdef int64_t horizon = INT64_MIN
+    cdef Py_ssize_t i
+    cdef HEnt e
+    cdef Rec* r
+    for i in range(q.heap.len):
+        r = <Rec*>q.heap.a[i].p
+        if r.kind != REC_GRANT and q.heap.a[i].t > horizon:
+            horizon = q.heap.a[i].t
+    while q.heap.n:
+        e = q.heap.a[0]
+        if e.t > horizon:
+            break
+        if q.len and hent_lt(&e, &q.ring[(q.head_t + <int64_t>q.len - 1) & q.mask]):
+            break                   # below the ring's last entry: stays in the heap (and the rest)
+        r = <Rec*>e.p
+        pq_room(q)                  # first: once out of the heap, it must go into the ring
+        heap_remove_at(&q.heap, 0)  # sets its position to -1
+        q.n -= 1
+        pq_push(q, e.t, e.seq, r, horizon)
+    return 0
+
+
 cdef inline void pq_prefetch(PurgeQ* q, Table* t) noexcept nogil:
     """Start loading what purging the next ring entries reads: the record PURGE_PREFETCH
     places after the head, and the table slot of the one PURGE_PREFETCH_SLOT after it (whose

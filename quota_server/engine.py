@@ -182,6 +182,8 @@ class Engine:
             self.ledger = _fastledger.Ledger(retention_ns=retention)
         for _, record in recovered.records:
             self.ledger.replay(record)
+        if recovered.records:
+            self.ledger.settle_purge_queue()  # replayed purge entries: into the purge queue's ring
         self.seq = self._applied_seq = recovered.last_seq
         self._snapshot_seq = recovered.snapshot_seq
         self._running = True
