@@ -87,34 +87,21 @@ def prepare(led, work: Workload, kind: str) -> None:
             led.take_journal()
 
 
-def run_rounds(led, rounds, journal: bool) -> float:
-    """Seconds to run every (reserves, commits) round; checks every result is OK."""
+def run_rounds(led, rounds, journal: bool, now: int = NOW, step: int = 0) -> tuple[float, int]:
+    """Seconds to run every (reserves, commits) round from clock `now`, moving it `step` ns per
+    apply, and the clock after; checks every result is OK."""
     apply = led.apply
     take = led.take_journal if journal else None
     start = time.perf_counter()
     for reserves, commits in rounds:
-        res = apply(reserves, NOW)
-        if take is not None:
-            take()
-        com = apply(commits, NOW)
-        if take is not None:
-            take()
-    elapsed = time.perf_counter() - start
-    assert res[-1][1] == C.DECISION_OK and com[-1][0] == C.OK, (res[-1], com[-1])
-    return elapsed
-
-
-def run_steady(led, rounds, now: int) -> tuple[float, int]:
-    """Seconds to run `rounds` with the clock moving 1 ms per apply, and the clock after."""
-    apply, take = led.apply, led.take_journal
-    start = time.perf_counter()
-    for reserves, commits in rounds:
         res = apply(reserves, now)
-        take()
-        now += MS
+        if take is not None:
+            take()
+        now += step
         com = apply(commits, now)
-        take()
-        now += MS
+        if take is not None:
+            take()
+        now += step
     elapsed = time.perf_counter() - start
     assert res[-1][1] == C.DECISION_OK and com[-1][0] == C.OK, (res[-1], com[-1])
     return elapsed, now
@@ -133,9 +120,9 @@ def measure_steady(batch: int, pairs: int, accounts: int, repeats: int, live: in
         # 2 ms a round: the reservations of the last `fill_rounds` rounds are kept.
         led = _fastledger.Ledger(retention_ns=fill_rounds * 2 * MS)
         prepare(led, work, "core")
-        _, now = run_steady(led, fill.rounds, NOW)
+        _, now = run_rounds(led, fill.rounds, True, NOW, MS)
         made = led.stats()["records"]
-        elapsed, now = run_steady(led, work.rounds, now)
+        elapsed, now = run_rounds(led, work.rounds, True, now, MS)
         purged.append((made + rounds * batch - led.stats()["records"]) / (rounds * batch))
         rates.append(rounds * batch / elapsed)
     return statistics.median(rates), statistics.median(purged)
@@ -149,7 +136,7 @@ def measure(kind: str, batch: int, pairs: int, accounts: int, repeats: int, mode
         work = Workload(accounts, batch, rounds)
         led = new_ledger(kind, model)
         prepare(led, work, kind)
-        elapsed = run_rounds(led, work.rounds, journal=(kind == "core"))
+        elapsed, _ = run_rounds(led, work.rounds, journal=(kind == "core"))
         rates.append(rounds * batch / elapsed)
     return statistics.median(rates)
 

@@ -26,7 +26,6 @@ import json
 
 from _fastledger import codes as _C
 from _fastledger._ledger cimport Result, result_item
-from _fastledger._ledger import Result as _Result
 
 from . import validate as _validate
 from .errors import QuotaError, from_core_status
@@ -1778,7 +1777,7 @@ cdef int[6] RESULT_TEXT_AT = [-1, 6, -1, -1, -1, 5]  # by kind: where that resul
 cdef inline Result as_result(object r):
     """The core's result `r`, or a Result of the same items if `r` is a tuple (tests give the
     encoders tuples); OverflowError if an int item is outside int64."""
-    return <Result>r if type(r) is _Result else _Result(r)
+    return <Result>r if type(r) is Result else Result(r)
 
 
 cdef inline object text_item(Result t, Py_ssize_t k):
