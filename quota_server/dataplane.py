@@ -655,6 +655,7 @@ _BATCH_MUTATIONS = {
     "charge": "prepare_charge",
 }
 _BATCH_READS = {"check": "check", "quote": "quote", "get_balance": "get_balance"}
+_ACCOUNT_READS = ("check", "get_balance")  # reads of account state: answered at their place (run_batch)
 
 
 def _check_batch_size(request: pb.BatchRequest, max_ops: int) -> None:
@@ -695,22 +696,54 @@ def _answer_item(dp: DataPlane, slot: tuple[str, Any], result: tuple | None) -> 
 
 
 async def run_batch(dp: DataPlane, request: pb.BatchRequest) -> pb.BatchResponse:
-    """Validate every op, submit the mutations together, then answer each op in order.
+    """Validate every op, submit the mutations, then answer each op in order.
 
-    Items are independent: one item's error is that item's result. Reads run after the batch's
-    mutations are durable, so they see them.
+    Items are independent: one item's error is that item's result. The ops run in order: a read
+    of an account (Check, GetBalance) sees the batch's mutations before it and none after it.
+    So the mutations between two such reads are submitted together, and a read is answered once
+    the mutations before it are durable, before those after it are submitted. A batch whose
+    reads all come after its mutations (or that has no reads) is one submission.
     """
-    slots: list[tuple[tuple[str, Any], bool]] = []
-    submit: list[tuple] = []
-    for item in request.ops:
-        slot, item_submit = _prepare_item(dp, item)
-        slots.append((slot, item_submit is not None))
+    prepared = [_prepare_item(dp, item) for item in request.ops]
+    answers: list[pb.BatchResult | None] = [None] * len(prepared)
+    segment: list[int] = []  # indices of the mutations not submitted yet
+
+    async def submit_segment() -> None:
+        if segment:
+            results = await dp.engine.submit_many([prepared[i][1] for i in segment])
+            for i, result in zip(segment, results):
+                answers[i] = _answer_item(dp, prepared[i][0], result)
+            segment.clear()
+
+    for i, (slot, item_submit) in enumerate(prepared):
         if item_submit is not None:
-            submit.append(item_submit)
-    results = iter(await dp.engine.submit_many(submit) if submit else [])
+            segment.append(i)
+        elif slot[0] in _ACCOUNT_READS:
+            await submit_segment()
+            answers[i] = _answer_item(dp, slot, None)
+    await submit_segment()
     return pb.BatchResponse(results=[
-        _answer_item(dp, slot, next(results) if submitted else None) for slot, submitted in slots
+        answer if answer is not None else _answer_item(dp, slot, None)
+        for answer, (slot, _) in zip(answers, prepared)
     ])
+
+
+def _read_before_a_mutation(work: Any) -> bool:
+    """Whether a slow op of `work` reads an account before a later op of the batch mutates:
+    such a batch runs on the Python path (run_batch answers the read at its place). The fast
+    ops are all mutations; a slow op's kind is read from its bytes."""
+    slow = set(work.slow)
+    first_read = None
+    for i in work.slow:
+        if pb.BatchOp.FromString(work.raw(i)).WhichOneof("op") in _ACCOUNT_READS:
+            first_read = i
+            break
+    if first_read is None:
+        return False
+    for j in range(first_read + 1, work.n):
+        if j not in slow or pb.BatchOp.FromString(work.raw(j)).WhichOneof("op") in _BATCH_MUTATIONS:
+            return True
+    return False
 
 
 async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
@@ -719,14 +752,18 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
     The fast path decodes the ops it can vouch for; every other op goes through `_prepare_item`
     and `_answer_item` in its place, so the ops are submitted and answered in order exactly as
     `run_batch` does. A request the fast path cannot frame (malformed, too many ops) runs on the
-    Python path as a whole, which raises its DecodeError or QuotaError.
+    Python path as a whole, which raises its DecodeError or QuotaError; so does one with a read
+    of an account before a mutation (`run_batch` answers such a read at its place).
     """
     work = dp.wire.decode_batch(data, max_ops)
     if work is not None and work.slow:
         try:
-            for i in work.slow:
-                slot, item_submit = _prepare_item(dp, pb.BatchOp.FromString(work.raw(i)))
-                work.set_slow(i, slot, item_submit)
+            if _read_before_a_mutation(work):
+                work = None
+            else:
+                for i in work.slow:
+                    slot, item_submit = _prepare_item(dp, pb.BatchOp.FromString(work.raw(i)))
+                    work.set_slow(i, slot, item_submit)
         except DecodeError:
             work = None
     if work is None:

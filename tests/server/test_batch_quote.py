@@ -144,3 +144,39 @@ async def test_reserve_and_commit_in_one_batch_write_exactly_one_usage_record(se
     assert again == first
     usage = await server.admin.ListUsage(apb.ListUsageRequest(account_id="acct"))
     assert [(r.reservation_id, r.amount_charged) for r in usage.records] == [("r1", 7)]
+
+
+async def test_batch_reads_see_the_ops_before_them_and_none_after(server):
+    """Goal: a Batch runs its ops in order (the proto says so): a Check or GetBalance sees the
+    batch's mutations before it and none after it, whether the mutations around it are ones the
+    wire fast path decodes (reserves) or not; a pre-flight Check before the Charge it vets
+    answers as it would have alone."""
+    await server.open_account("acct", grant=100)
+    ops = [
+        pb.BatchOp(check=pb.CheckRequest(account_id="acct", amount=100)),
+        pb.BatchOp(get_balance=pb.GetBalanceRequest(account_id="acct")),
+        pb.BatchOp(charge=pb.ChargeRequest(account_id="acct", charge_id="c1", amount=100)),
+        pb.BatchOp(check=pb.CheckRequest(account_id="acct", amount=1)),
+        pb.BatchOp(get_balance=pb.GetBalanceRequest(account_id="acct")),
+    ]
+    r = (await server.quota.Batch(pb.BatchRequest(ops=ops))).results
+    assert (r[0].check.decision, r[0].check.available) == (OK, 100)
+    assert (r[1].get_balance.balance, r[1].get_balance.available) == (100, 100)
+    assert (r[2].charge.decision, r[2].charge.amount_charged) == (OK, 100)
+    assert (r[3].check.decision, r[3].check.available) == (INSUFFICIENT, 0)
+    assert (r[4].get_balance.balance, r[4].get_balance.available) == (0, 0)
+
+    await server.open_account("acct-2", grant=100)
+    ops = [
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct-2", reservation_id="r1", amount=10)),
+        pb.BatchOp(get_balance=pb.GetBalanceRequest(account_id="acct-2")),
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct-2", reservation_id="r2", amount=30)),
+        pb.BatchOp(check=pb.CheckRequest(account_id="acct-2", amount=61)),
+        pb.BatchOp(reserve=pb.ReserveRequest(account_id="acct-2", reservation_id="r3", amount=60)),
+        pb.BatchOp(get_balance=pb.GetBalanceRequest(account_id="acct-2")),
+    ]
+    r = (await server.quota.Batch(pb.BatchRequest(ops=ops))).results
+    assert (r[1].get_balance.held, r[1].get_balance.available) == (10, 90)
+    assert (r[3].check.decision, r[3].check.available) == (INSUFFICIENT, 60)
+    assert (r[4].reserve.decision, r[4].reserve.amount_held) == (OK, 60)
+    assert (r[5].get_balance.held, r[5].get_balance.available) == (100, 0)
