@@ -445,6 +445,7 @@ class DataPlane:
     def get_balance(self, req: pb.GetBalanceRequest) -> pb.GetBalanceResponse:
         account_id = check_id(req.account_id, "account_id")
         ledger = self.engine.ledger
+        self.engine.read()  # due holds expire first: the balance of now
         now_ns = self.engine.now_ns()
         view = ledger.account_view(account_id, now_ns)
         if view is None:

@@ -297,14 +297,23 @@ class Engine:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def read(self, op: tuple) -> tuple:
-        """Apply a non-mutating op (CHECK) at once, outside the write path.
+    def read(self, op: tuple | None = None) -> tuple | None:
+        """Apply a non-mutating op (CHECK) at once, outside the write path; its result (None if
+        `op` is None: a read of the ledger follows, GetBalance).
 
-        Time-driven changes it triggers (lots expiring) ride along with the next flush.
+        Holds and lots that are due expire first (the sweep's op, as every write's batch begins
+        with): a read answers for now, not for the last sweep (up to `sweep_interval_ms` ago).
+        Those time-driven changes ride along with the next flush (the background sweep makes one
+        within `sweep_interval_ms`); they acknowledge nothing, and a server restarted before that
+        flush expires the same holds at the same times when it recovers.
         """
         if self.fatal is not None:
             raise ShuttingDown()
-        return self.ledger.apply([op], self.now_ns())[0]
+        sweep = (C.OP_EXPIRE, self.options.sweep_max_items)
+        if op is None:
+            self.ledger.apply([sweep], self.now_ns())
+            return None
+        return self.ledger.apply([sweep, op], self.now_ns())[1]
 
     # ------------------------------------------------------------------ the write path
 

@@ -46,6 +46,31 @@ async def test_hold_expires_exactly_at_its_ttl_and_is_released(server):
     assert (b.balance, b.held, b.available) == (100, 0, 100)
 
 
+async def test_reads_see_a_hold_expired_before_any_sweep(server):
+    """Goal: GetBalance and Check answer for now: a hold whose TTL has run out no longer counts
+    (held, available, the concurrency limit) even though no sweep or write has run since, as a
+    Reserve at the same moment would find (time moves on the manual clock only)."""
+    await server.open_account("acct", plan_id="team", grant=100)  # max_open_holds 2
+    for rid in ("r1", "r2"):
+        await server.quota.Reserve(reserve(rid, amount=50, ttl_ms=1_000))
+    b = await server.balance("acct")
+    assert (b.held, b.available) == (100, 0)
+    server.clock.advance_ms(1_000)  # no sweep, no write: only reads below
+    b = await server.balance("acct")
+    assert (b.balance, b.held, b.available) == (100, 0, 100)
+    c = await server.quota.Check(pb.CheckRequest(account_id="acct", amount=100))
+    assert (c.decision, c.available) == (OK, 100)
+    r = await server.quota.Reserve(reserve("r3", amount=100))
+    assert (r.decision, r.amount_held) == (OK, 100)
+    # Check first this time (its own path): both holds of acct-2 are past their TTL.
+    await server.open_account("acct-2", plan_id="team", grant=100)
+    for rid in ("r1", "r2"):
+        await server.quota.Reserve(pb.ReserveRequest(account_id="acct-2", reservation_id=rid, amount=10, ttl_ms=1_000))
+    server.clock.advance_ms(1_000)
+    c = await server.quota.Check(pb.CheckRequest(account_id="acct-2", amount=100))
+    assert (c.decision, c.available) == (OK, 100)
+
+
 async def test_late_commit_after_expiry_charges_available_and_reports_uncharged(server):
     """Goal: a commit after the hold expired and was released is a late commit: charged from the
     available balance as far as possible (late = true), the rest reported as amount_uncharged and

@@ -82,8 +82,12 @@ class StubEngine:
             self.usage.extend(UsageRow(account_id, at_ms, p) for p in unpack_payloads(blob, n))
         return results
 
-    def read(self, op: tuple) -> tuple:
-        return self.ledger.apply([op], NOW_NS)[0]
+    def read(self, op: tuple | None = None) -> tuple | None:
+        sweep = (C.OP_EXPIRE, 1_000)  # as Engine.read: due holds expire first
+        if op is None:
+            self.ledger.apply([sweep], NOW_NS)
+            return None
+        return self.ledger.apply([sweep, op], NOW_NS)[1]
 
 
 def make_config(tmp: Path):
