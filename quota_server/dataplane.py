@@ -149,16 +149,31 @@ class DataPlane:
     # ------------------------------------------------------------------ shared helpers
 
     async def submit(self, op: tuple, derive=None) -> tuple:
-        """Engine.submit for a unary mutation. With `[storage] fail_open_rate_limits`, one on an
-        account whose plan is `unlimited` (it touches rate limits and usage, never credit) fails
-        open while storage is down: answered once applied, persisted when storage returns.
-        Every other mutation is refused then (UNAVAILABLE), as credit must never fail open."""
+        """Engine.submit for a unary mutation. With `[storage] fail_open_rate_limits`, one that
+        cannot move credit (`_leaves_credit_alone`) fails open while storage is down: answered
+        once applied, persisted when storage returns. Every other mutation is refused then
+        (UNAVAILABLE), as credit must never fail open."""
         engine = self.engine
-        if engine.storage_down and self.fail_open:
-            plan = self._plan_of(op[1])
-            if plan is not None and plan.unlimited:
-                return await engine.submit(op, derive, fail_open=True)
+        if engine.storage_down and self.fail_open and self._leaves_credit_alone(op):
+            return await engine.submit(op, derive, fail_open=True)
         return await engine.submit(op, derive)
+
+    def _leaves_credit_alone(self, op: tuple) -> bool:
+        """Whether a unary mutation touches rate limits and usage only: a Reserve or Charge on an
+        account whose plan is `unlimited` (its holds and charges are backed by no credit), or a
+        Commit, Release or Extend of a hold that credit does not back (reserved while the account
+        was unlimited), on an account that is still unlimited. A hold reserved before its account
+        moved to an unlimited plan keeps its credit: settling or raising it moves credit."""
+        plan = self._plan_of(op[1])
+        if plan is None or not plan.unlimited:
+            return False
+        code = op[0]
+        if code in (C.OP_RESERVE, C.OP_CHARGE):
+            return True
+        if code in (C.OP_COMMIT, C.OP_RELEASE, C.OP_EXTEND):
+            view = self.engine.ledger.reservation_view(op[1], op[2])
+            return view is not None and not view["backed"]
+        return False
 
     def _credit_events(self, account_id: str, available_after: int, uncharged: int) -> list[tuple[str, str, dict]]:
         """The events of a commit's or charge's usage: `usage.uncollected` for a cost it could

@@ -218,18 +218,28 @@ async def test_rate_limit_only_calls_fail_open_when_configured_and_credit_never(
     """Goal: with [storage] fail_open_rate_limits, while Redis is down a charge on an account whose
     plan is unlimited (rate limits only) is still judged and answered (its rate limit applies in
     memory), and is persisted once Redis is back: its usage record is there and a retry gets the
-    original result; a charge on a prepaid account (credit) is refused UNAVAILABLE all the same."""
+    original result; a charge on a prepaid account (credit) is refused UNAVAILABLE all the same,
+    and so are a commit and a release of a hold that credit backs on an account that has moved
+    to the unlimited plan since (settling it moves credit; a black-box audit found it answered)."""
     server = spawn(redis_server.url, lease_ttl_ms=30_000, timeout_ms=1_000, fail_open_rate_limits=True)
     await server.start()
     async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
-        await setup_accounts(client, ACCOUNTS[:1])
+        await setup_accounts(client, ACCOUNTS[:2])
         await client.upsert_account("sub", plan_id="unlimited")
+        backed = await client.reserve(ACCOUNTS[1], reservation_id="backed", amount=PRICE)
+        await client.upsert_account(ACCOUNTS[1], plan_id="unlimited")  # the hold keeps its credit
         await asyncio.to_thread(redis_server.stop, True)
         try:
             await wait_health(server.target, NOT_SERVING, timeout_s=20, what="with Redis dead")
             with pytest.raises(QuotaError) as refused:
                 await client.charge(ACCOUNTS[0], charge_id="credit", amount=PRICE, timeout=10.0)
             assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+            for settle in (client.commit(ACCOUNTS[1], "backed", amount=100 * PRICE, timeout=10.0),
+                           client.release(ACCOUNTS[1], "backed", timeout=10.0)):
+                with pytest.raises(QuotaError) as refused:
+                    await settle
+                assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE,
+                                                                      "STORAGE_UNAVAILABLE")
             answered = [await client.charge("sub", charge_id=f"open-{i}", amount=1, timeout=10.0) for i in range(4)]
             assert [r.decision.name for r in answered] == ["OK", "OK", "OK", "RATE_LIMITED"]  # 3 per second
         finally:
@@ -237,6 +247,8 @@ async def test_rate_limit_only_calls_fail_open_when_configured_and_credit_never(
         await wait_health(server.target, SERVING, timeout_s=30, what="after Redis came back")
         assert (await client.charge("sub", charge_id="open-0", amount=1)) == answered[0]   # the stored result
         assert sorted(u.charge_id for u in (await client.list_usage("sub")).records) == ["open-0", "open-1", "open-2"]
+        balance = await client.get_balance(ACCOUNTS[1])
+        assert (balance.held, backed.amount_held) == (PRICE, PRICE)  # untouched by the outage
 
 
 async def _drain(stream) -> None:
