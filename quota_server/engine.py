@@ -59,6 +59,7 @@ class EngineOptions:
     max_queue: int = 100_000
     max_batch: int = 16_384
     eager_apply_min_ops: int = 256  # see Engine._flush_loop
+    stall_ms: int = 1_000  # a write in flight this long: new mutations UNAVAILABLE (_check_accepting)
     flush_window_us: int = 2_000  # adaptive group commit, see Engine._linger (0: never wait)
     sweep_max_items: int = 1_000
     sweep_interval_ms: int = 250
@@ -147,6 +148,8 @@ class Engine:
         self._crowd = 0.0  # ops a whole window usually gathers
         self._wake_at_ops = options.eager_apply_min_ops  # queued ops that end a wait
         self.windows_run_out = 0  # waits for more ops that ran the whole window (see _linger)
+        self._write_since: float | None = None  # loop time the write in flight started at
+        self._stall_s = options.stall_ms / 1000
         self._last_write_s = 0.0  # how long the last storage write took
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -242,10 +245,21 @@ class Engine:
     # ------------------------------------------------------------------ submitting
 
     def _check_accepting(self, *, storage_down_ok: bool = False) -> None:
+        """Refuse a new mutation while the server stops (SHUTTING_DOWN) or storage cannot persist
+        (UNAVAILABLE): storage is known down (a write failed or timed out), or the write in
+        flight has taken `stall_ms` already (a frozen Redis is only known down after
+        `timeout_ms`; meanwhile a new call would wait behind the frozen write, so it is refused at
+        once instead and its caller may retry with the same id). `storage_down_ok`: a fail-open
+        call (Engine.submit), which neither refuses."""
         if self.fatal is not None or not self._accepting:
             raise ShuttingDown()
-        if self.storage_down and not storage_down_ok:
+        if storage_down_ok:
+            return
+        if self.storage_down:
             raise Unavailable()
+        since = self._write_since
+        if since is not None and self._loop.time() - since >= self._stall_s:
+            raise Unavailable("storage has not persisted the last batch for a while; retry with the same id")
 
     async def submit(self, op: tuple, derive: Derive | None = None, *, fail_open: bool = False) -> tuple:
         """Apply one mutation; returns its result once it is durable.
@@ -255,7 +269,7 @@ class Engine:
         is back (lost if the server stops before). Only for what may fail open: calls that
         touch rate limits only (DataPlane.submit), never credit."""
         early = fail_open and self.storage_down
-        self._check_accepting(storage_down_ok=early)
+        self._check_accepting(storage_down_ok=fail_open)
         if self._queued_ops >= self.options.max_queue:
             raise Overloaded()
         return await self._enqueue([op], None if derive is None else [derive], True, early)
@@ -573,6 +587,7 @@ class Engine:
         except BaseException:
             flush.fail()
             raise
+        self._write_since = self._loop.time()
         return self._loop.create_task(self._write(flush), name="quota-write")
 
     async def _write(self, flush: _Flush) -> None:
@@ -589,6 +604,8 @@ class Engine:
                 self._die(exc)
             flush.fail()
             raise
+        finally:
+            self._write_since = None
         for batch, results in flush.parts:
             index = 1
             for item in batch:

@@ -70,6 +70,7 @@ def engine_options(config) -> EngineOptions:
         snapshot_every_records=config.storage.snapshot_every_records,
         snapshot_fork=config.storage.snapshot_fork,
         lease_ttl_ms=config.storage.lease_ttl_ms,
+        stall_ms=min(1_000, config.storage.timeout_ms),
     )
 
 

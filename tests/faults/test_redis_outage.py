@@ -182,6 +182,32 @@ async def test_a_call_in_flight_when_redis_stalls_is_answered_unavailable(redis_
         assert (await client.get_balance(ACCOUNTS[0])).available == before - PRICE
 
 
+async def test_new_calls_behind_a_stalled_write_are_refused_before_the_storage_timeout(redis_server, spawn):
+    """Goal: with a long [storage] timeout_ms (20 s), Redis frozen under a charge in flight is not
+    known down for 20 s; a new charge meanwhile (its deadline 10 s) must not queue behind the
+    frozen write until its deadline runs out: once the write has been in flight for a second,
+    new mutations are refused at once with UNAVAILABLE / STORAGE_UNAVAILABLE (safe to retry).
+    After SIGCONT the charge in flight lands, the refused one is retried, each charged once."""
+    server = spawn(redis_server.url, lease_ttl_ms=60_000, timeout_ms=20_000)
+    await server.start()
+    async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
+        await setup_accounts(client, ACCOUNTS[:1])
+        before = (await client.get_balance(ACCOUNTS[0])).available
+        redis_server.pause()
+        try:
+            caught = asyncio.ensure_future(client.charge(ACCOUNTS[0], charge_id="caught", amount=PRICE, timeout=60.0))
+            await asyncio.sleep(1.5)  # past the stall (1 s), far from the storage timeout (20 s)
+            assert not caught.done()
+            with pytest.raises(QuotaError) as refused:
+                await client.charge(ACCOUNTS[0], charge_id="behind", amount=PRICE, timeout=10.0)
+            assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+        finally:
+            redis_server.resume()
+        assert (await asyncio.wait_for(caught, 30)).ok
+        assert (await client.charge(ACCOUNTS[0], charge_id="behind", amount=PRICE, timeout=30.0)).ok
+        assert (await client.get_balance(ACCOUNTS[0])).available == before - 2 * PRICE
+
+
 async def test_usage_and_event_reads_during_an_outage_are_unavailable(redis_server, spawn):
     """Goal (regression: UNKNOWN with the storage's exception text, which the client took as a
     non-retryable internal error): while Redis is down, ListUsage, GetUsageSummary and
