@@ -250,7 +250,7 @@ class Engine:
         flight has taken `stall_ms` already (a frozen Redis is only known down after
         `timeout_ms`; meanwhile a new call would wait behind the frozen write, so it is refused at
         once instead and its caller may retry with the same id). `storage_down_ok`: a fail-open
-        call (Engine.submit), which neither refuses."""
+        call (Engine.submit), refused for neither reason."""
         if self.fatal is not None or not self._accepting:
             raise ShuttingDown()
         if storage_down_ok:
