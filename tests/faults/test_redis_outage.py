@@ -165,8 +165,7 @@ async def test_a_call_in_flight_when_redis_stalls_is_answered_unavailable(redis_
     server = spawn(redis_server.url, lease_ttl_ms=30_000, timeout_ms=1_000)  # renewal every 10 s
     await server.start()
     async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
-        await setup_accounts(client, ACCOUNTS[:1])
-        before = (await client.get_balance(ACCOUNTS[0])).available
+        before = await _fund_one(client)
         redis_server.pause()
         try:
             with pytest.raises(QuotaError) as refused:
@@ -191,8 +190,7 @@ async def test_new_calls_behind_a_stalled_write_are_refused_before_the_storage_t
     server = spawn(redis_server.url, lease_ttl_ms=60_000, timeout_ms=20_000)
     await server.start()
     async with AsyncQuotaClient(server.target, retry=NO_RETRY) as client:
-        await setup_accounts(client, ACCOUNTS[:1])
-        before = (await client.get_balance(ACCOUNTS[0])).available
+        before = await _fund_one(client)
         redis_server.pause()
         try:
             caught = asyncio.ensure_future(client.charge(ACCOUNTS[0], charge_id="caught", amount=PRICE, timeout=60.0))
@@ -275,6 +273,12 @@ async def test_rate_limit_only_calls_fail_open_when_configured_and_credit_never(
         assert sorted(u.charge_id for u in (await client.list_usage("sub")).records) == ["open-0", "open-1", "open-2"]
         balance = await client.get_balance(ACCOUNTS[1])
         assert (balance.held, backed.amount_held) == (PRICE, PRICE)  # untouched by the outage
+
+
+async def _fund_one(client: AsyncQuotaClient) -> int:
+    """Set up ACCOUNTS[0] (prepaid, funded); its available balance."""
+    await setup_accounts(client, ACCOUNTS[:1])
+    return (await client.get_balance(ACCOUNTS[0])).available
 
 
 async def _drain(stream) -> None:
