@@ -744,22 +744,15 @@ async def run_batch(dp: DataPlane, request: pb.BatchRequest) -> pb.BatchResponse
     ])
 
 
-def _read_before_a_mutation(work: Any) -> bool:
-    """Whether a slow op of `work` reads an account before a later op of the batch mutates:
-    such a batch runs on the Python path (run_batch answers the read at its place). The fast
-    ops are all mutations; a slow op's kind is read from its bytes."""
-    slow = set(work.slow)
-    first_read = None
-    for i in work.slow:
-        if pb.BatchOp.FromString(work.raw(i)).WhichOneof("op") in _ACCOUNT_READS:
-            first_read = i
-            break
+def _read_before_a_mutation(n: int, slow: dict[int, pb.BatchOp]) -> bool:
+    """Whether a slow op (`slow`: index -> op) of a batch of `n` ops reads an account before a
+    later op mutates: such a batch runs on the Python path (run_batch answers the read at its
+    place). The fast ops are all mutations."""
+    kinds = {i: op.WhichOneof("op") for i, op in slow.items()}
+    first_read = next((i for i in sorted(kinds) if kinds[i] in _ACCOUNT_READS), None)
     if first_read is None:
         return False
-    for j in range(first_read + 1, work.n):
-        if j not in slow or pb.BatchOp.FromString(work.raw(j)).WhichOneof("op") in _BATCH_MUTATIONS:
-            return True
-    return False
+    return any(j not in kinds or kinds[j] in _BATCH_MUTATIONS for j in range(first_read + 1, n))
 
 
 async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
@@ -774,14 +767,15 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
     work = dp.wire.decode_batch(data, max_ops)
     if work is not None and work.slow:
         try:
-            if _read_before_a_mutation(work):
-                work = None
-            else:
-                for i in work.slow:
-                    slot, item_submit = _prepare_item(dp, pb.BatchOp.FromString(work.raw(i)))
-                    work.set_slow(i, slot, item_submit)
+            slow = {i: pb.BatchOp.FromString(work.raw(i)) for i in work.slow}
         except DecodeError:
             work = None
+        else:
+            if _read_before_a_mutation(work.n, slow):
+                work = None
+            else:
+                for i, item in slow.items():
+                    work.set_slow(i, *_prepare_item(dp, item))
     if work is None:
         request = pb.BatchRequest.FromString(data)
         _check_batch_size(request, max_ops)
