@@ -35,6 +35,13 @@ extensions = [
         ["quota_server/_sqlwriter.pyx"],
         extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
     ),
+    # Redis appends (zstd included) on a C thread that never takes the GIL (storage/redis.py's
+    # fast path); libzstd is looked up at run time, so no zstd headers are needed to build it.
+    Extension(
+        "quota_server._rediswriter",
+        ["quota_server/_rediswriter.pyx"],
+        extra_compile_args=["-O2", "-g0"] if not DEBUG else ["-O1", "-g"],
+    ),
     # The protobuf wire fast path of QuotaService (quota_server/dataplane.py is its reference).
     Extension(
         "quota_server._wire",

@@ -24,6 +24,8 @@ handled here: the job reports it and the caller takes the thread path, which com
 from libc.stdint cimport int64_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+include "_jobthread.pxi"
+
 cdef extern from *:
     """
     #include <dlfcn.h>
@@ -129,14 +131,7 @@ cdef extern from *:
     typedef struct {
         sqlite3* db;
         sqlite3_stmt* st[SQW_NSTMT];
-        pthread_t thread;
-        pthread_mutex_t mu;
-        pthread_cond_t cv;
-        SqwJob* job;                /* the job the thread runs or will run; NULL: none */
-        int done;                   /* the job has run (its outcome is set) */
-        int stop;
-        int efd;                    /* eventfd: written once per job run */
-        int started;
+        JobThread jt;               /* runs sqw_run (quota_server/_jobthread.h) */
     } SqwWriter;
 
     static void sqw_error(SqwWriter* w, SqwJob* j, const char* what) {
@@ -209,22 +204,8 @@ cdef extern from *:
         if (!SQ.get_autocommit(w->db)) sqw_exec(st[SQW_ROLLBACK]);
     }
 
-    static void* sqw_main(void* arg) {
-        SqwWriter* w = (SqwWriter*)arg;
-        uint64_t one = 1;
-        pthread_mutex_lock(&w->mu);
-        for (;;) {
-            while ((w->job == NULL || w->done) && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
-            if (w->job == NULL || w->done) break;      /* stopping, nothing left to run */
-            SqwJob* j = w->job;
-            pthread_mutex_unlock(&w->mu);
-            sqw_run(w, j);
-            pthread_mutex_lock(&w->mu);
-            w->done = 1;
-            while (write(w->efd, &one, sizeof one) < 0 && errno == EINTR) {}
-        }
-        pthread_mutex_unlock(&w->mu);
-        return NULL;
+    static void sqw_job(void* w, void* j) {
+        sqw_run((SqwWriter*)w, (SqwJob*)j);
     }
 
     /* Open the connection, set it up and start the thread; 0, or -1 with msg set. */
@@ -233,7 +214,7 @@ cdef extern from *:
         int i, rc;
         char* err = NULL;
         memset(w, 0, sizeof *w);
-        w->efd = -1;
+        w->jt.efd = -1;
         if (!sqw_load()) { snprintf(msg, msglen, "libsqlite3 could not be loaded"); return -1; }
         rc = SQ.open_v2(path, &w->db, SQW_OPEN_READWRITE, NULL);
         if (rc != SQW_SQLITE_OK) {
@@ -252,69 +233,23 @@ cdef extern from *:
                 goto fail;
             }
         }
-        w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (w->efd < 0) { snprintf(msg, msglen, "eventfd: %s", strerror(errno)); goto fail; }
-        pthread_mutex_init(&w->mu, NULL);
-        pthread_cond_init(&w->cv, NULL);
-        if (pthread_create(&w->thread, NULL, sqw_main, w) != 0) {
-            snprintf(msg, msglen, "cannot start the writer thread");
-            pthread_mutex_destroy(&w->mu);
-            pthread_cond_destroy(&w->cv);
-            goto fail;
-        }
-        w->started = 1;
+        if (jt_start(&w->jt, sqw_job, w, msg, msglen) != 0) goto fail;
         return 0;
     fail:
         for (i = 0; i < SQW_NSTMT; i++) if (w->st[i]) SQ.finalize(w->st[i]);
         if (w->db) SQ.close_v2(w->db);
-        if (w->efd >= 0) close(w->efd);
         memset(w, 0, sizeof *w);
-        w->efd = -1;
+        w->jt.efd = -1;
         return -1;
-    }
-
-    /* Hand the thread a job; 0, or -1 if one is still running (the caller serializes). */
-    static int sqw_submit(SqwWriter* w, SqwJob* j) {
-        pthread_mutex_lock(&w->mu);
-        if (w->job != NULL && !w->done) { pthread_mutex_unlock(&w->mu); return -1; }
-        w->job = j;
-        w->done = 0;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        return 0;
-    }
-
-    /* Whether the job handed over has run (its outcome is then visible to the caller). */
-    static int sqw_finished(SqwWriter* w) {
-        int done;
-        pthread_mutex_lock(&w->mu);
-        done = w->job != NULL && w->done;
-        pthread_mutex_unlock(&w->mu);
-        return done;
-    }
-
-    static void sqw_forget(SqwWriter* w) {
-        pthread_mutex_lock(&w->mu);
-        w->job = NULL;
-        w->done = 0;
-        pthread_mutex_unlock(&w->mu);
     }
 
     /* Stop the thread (after the job it runs, if any) and close everything. */
     static void sqw_close(SqwWriter* w) {
         int i;
-        if (!w->started) return;
-        pthread_mutex_lock(&w->mu);
-        w->stop = 1;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        pthread_join(w->thread, NULL);
-        pthread_mutex_destroy(&w->mu);
-        pthread_cond_destroy(&w->cv);
+        if (!w->jt.started) return;
+        jt_stop(&w->jt);
         for (i = 0; i < SQW_NSTMT; i++) if (w->st[i]) SQ.finalize(w->st[i]);
         SQ.close_v2(w->db);
-        close(w->efd);
-        w->started = 0;
     }
     """
     ctypedef struct SqwRow:
@@ -350,15 +285,11 @@ cdef extern from *:
         int code
         char msg[512]
     ctypedef struct SqwWriter:
-        int efd
-        int started
+        JobThread jt
     int SQW_OK, SQW_FENCED, SQW_COVERED, SQW_GAP, SQW_EVENT, SQW_ERROR
     int sqw_load() nogil
     int sqw_open(SqwWriter* w, const char* path, int busy_ms, const char* pragmas, const char* const* sql,
                  char* msg, size_t msglen) nogil
-    int sqw_submit(SqwWriter* w, SqwJob* j) nogil
-    int sqw_finished(SqwWriter* w) nogil
-    void sqw_forget(SqwWriter* w) nogil
     void sqw_close(SqwWriter* w) nogil
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
@@ -485,7 +416,7 @@ cdef class AppendJob:
         return self.job.msg.decode(errors="replace")
 
 
-cdef class Writer:
+cdef class Writer(JobWriter):
     """A connection to the SQLite file at `path` and the thread that runs appends on it, one at
     a time. `fileno()` is an eventfd that becomes readable when a job handed to `submit` has run;
     then `collect()` returns it. The caller serializes jobs (one submitted at a time).
@@ -494,11 +425,11 @@ cdef class Writer:
     (event_id, account_id, type, at_ms, payload) into events, and setting meta's (last_seq,
     last_event_id), each with its values in that order."""
     cdef SqwWriter w
-    cdef AppendJob current
 
     def __cinit__(self):
         memset(&self.w, 0, sizeof(self.w))
-        self.w.efd = -1
+        self.w.jt.efd = -1
+        self.jt = &self.w.jt
 
     def __init__(self, str path, int busy_timeout_ms, str pragmas, tuple statements not None):
         cdef char msg[512]
@@ -519,27 +450,8 @@ cdef class Writer:
         if rc != 0:
             raise OSError(msg.decode(errors="replace"))
 
-    def fileno(self):
-        return self.w.efd
-
     def submit(self, AppendJob job not None):
-        if not self.w.started:
-            raise RuntimeError("the writer is closed")
-        if self.current is not None or sqw_submit(&self.w, &job.job) != 0:
-            raise RuntimeError("a job is still running")
-        self.current = job
-
-    def collect(self):
-        """The job that has run (its outcome set), or None if it is still running."""
-        cdef AppendJob job = self.current
-        if job is None or not sqw_finished(&self.w):
-            return None
-        sqw_forget(&self.w)
-        self.current = None
-        return job
-
-    def busy(self):
-        return self.current is not None
+        self.hand_over(job, &job.job)
 
     def close(self):
         """Stop the thread (a job still running first finishes) and close the connection."""

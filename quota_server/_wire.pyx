@@ -2052,12 +2052,16 @@ cdef inline int buf_bulk(Buf* b, const char* p, Py_ssize_t n) except -1:
     return buf_put(b, b"\r\n", 2)
 
 
-def resp_command(tuple args):
+def resp_command(tuple args, Py_ssize_t array_len=-1):
     """The Redis protocol (RESP) encoding of one command, an array of bulk strings, built in
     one buffer: what redis-py's `Connection.pack_command` makes for these arguments, argument
     by argument in Python. Arguments must be bytes, str (sent as UTF-8) or int (not bool, in
     the int64 range); None if one is not (the caller lets redis-py encode, or refuse, them),
-    or if a bytes argument is over 1 MiB (redis-py sends those without copying them)."""
+    or if a bytes argument is over 1 MiB (redis-py sends those without copying them).
+
+    `array_len`: the count the array's header gives (default: len(args)); 0: no header, the
+    arguments continue a command whose header an earlier call wrote (_rediswriter's jobs are
+    built of such pieces)."""
     cdef Buf b
     cdef Py_ssize_t n, i, count = len(args)
     cdef const char* p
@@ -2071,9 +2075,10 @@ def resp_command(tuple args):
     b.cap = 0
     try:
         buf_grow(&b, 64 + 32 * count)
-        buf_byte(&b, b'*')
-        buf_int(&b, count)
-        buf_put(&b, b"\r\n", 2)
+        if array_len != 0:
+            buf_byte(&b, b'*')
+            buf_int(&b, count if array_len < 0 else array_len)
+            buf_put(&b, b"\r\n", 2)
         for i in range(count):
             a = args[i]
             t = type(a)

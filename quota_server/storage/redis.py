@@ -27,6 +27,10 @@ Keys (P = ``<key_prefix>{<hash_tag>}:``):
 - ``P events``   one global STREAM, ids ``<event_id>-0``, fields account_id, type, at_ms,
   payload: outside consumers can read it with XREAD or consumer groups.
 
+Appends (one EVALSHA a flush) go out from the C writer thread of `_rediswriter` on a connection
+of its own (`_ThreadWriter`: it compresses, sends and reads the reply without the GIL), or from
+the event loop (`_Writer`) for a store that thread cannot serve (TLS) or while it is busy.
+
 Outages: connection errors, timeouts, a loading or read-only server, OOM and MISCONF become
 ``StorageUnavailable``; sockets time out after ``op_timeout_ms`` so an outage is reported fast.
 """
@@ -35,16 +39,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
+import socket
 import urllib.parse
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .. import _wire
+
+try:  # the GIL-free append path (quota_server/_rediswriter.pyx); absent: the loop path only
+    from .. import _rediswriter
+except ImportError:  # pragma: no cover - a build without the extension
+    _rediswriter = None
 
 from .base import (
     EventRow,
@@ -60,6 +72,8 @@ from .base import (
     UsageRow,
     check_batch,
     CODEC_RAW,
+    CODEC_ZSTD,
+    COMPRESS_LEVEL,
     check_limit,
     pack_blob,
     unpack_blob,
@@ -87,11 +101,12 @@ it 3, so that an older server refuses it from then on instead of misreading a re
 PACK_MIN_BYTES = 64 * 1024
 """Blobs from this size on (a large flush's record and usage chunks, snapshots) are stored
 compressed. Smaller ones (the records of small flushes) are stored as they are: compressing them
-would cost more than it saves Redis. A flush's record and chunks are compressed on the event loop,
-right before they are sent (about 0.1 ms for a Batch of 1,000 commits): on a worker thread, the
-write could only leave once the loop came back for the thread's result, which is after whatever
-the loop runs meanwhile (applying the next Batch: about a millisecond), and its callers waited
-for that too. Snapshots, larger and rarer, are compressed on a worker thread."""
+would cost more than it saves Redis. A flush's record and chunks are compressed by the C writer
+thread that sends them (`_ThreadWriter`), or, where it cannot serve the store, on the event loop
+right before they are sent (about 0.1 ms for a Batch of 1,000 commits): on a Python worker
+thread, the write could only leave once the loop came back for the thread's result, which is
+after whatever the loop runs meanwhile (applying the next Batch: about a millisecond), and its
+callers waited for that too. Snapshots, larger and rarer, are compressed on a worker thread."""
 
 _STREAM_ID = re.compile(rb"(\d+)-(\d+)")
 _CURSOR = re.compile(r"(\d+)-(\d+)(?::(\d+))?")
@@ -431,6 +446,181 @@ class _Writer:
             await conn.disconnect(nowait=True)
 
 
+def _connect_socket(host: str, port: int, handshake: list[tuple], timeout_s: float) -> int:
+    """A TCP connection to Redis with `handshake` (AUTH, SELECT) sent and every reply checked,
+    as a non-blocking socket's file descriptor that the caller owns (for `_ThreadWriter`).
+    Blocking: run on a worker thread."""
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if handshake:
+            sock.sendall(b"".join(_wire.resp_command(command) for command in handshake))
+            reader = hiredis.Reader()
+            for command in handshake:
+                reply = reader.gets()
+                while reply is False:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise rex.ConnectionError("connection closed during the handshake")
+                    reader.feed(data)
+                    reply = reader.gets()
+                if isinstance(reply, hiredis.ReplyError):
+                    if command[0] == "AUTH":
+                        raise rex.AuthenticationError(str(reply))
+                    raise rex.ResponseError(f"{command[0]}: {reply}")
+        sock.setblocking(False)
+        return sock.detach()
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _reply_of(data: bytes) -> Any:
+    """A reply's RESP bytes as redis-py returns them (hiredis); an error reply is raised as
+    redis-py raises it for the cases `_eval` and `_map_error` tell apart."""
+    reader = hiredis.Reader()
+    reader.feed(data)
+    reply = reader.gets()
+    if isinstance(reply, hiredis.ReplyError):
+        message = str(reply)
+        if message.startswith("NOSCRIPT"):
+            raise rex.NoScriptError(message)
+        raise rex.ResponseError(message)
+    return reply
+
+
+class _ThreadWriter:
+    """The append script on the C thread of `_rediswriter` (a socket of its own): the thread
+    compresses the flush's record and usage chunks, sends the EVALSHA and reads the reply
+    without the GIL, then signals an eventfd this loop watches; the loop only builds the
+    command's plain arguments and parses the reply. Compressing on the loop was the largest
+    cost Redis added over memory-only (docs/performance.md, session 13). Failures are handled as
+    `_Writer` handles them: one immediate retry on a new connection after a connection error
+    (the write is idempotent), none after a timeout; the thread closes the socket after any
+    failure. One job at a time: `busy` (a job in flight, even one whose caller gave up) tells
+    the storage to use the loop path meanwhile."""
+
+    __slots__ = ("_writer", "loop", "_done", "_host", "_port", "_handshake", "_op_timeout_ms", "_retries")
+
+    def __init__(self, host: str, port: int, handshake: list[tuple], op_timeout_ms: int, retries: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._writer = _rediswriter.Writer()
+        self._done: asyncio.Future | None = None
+        self._host = host
+        self._port = port
+        self._handshake = handshake
+        self._op_timeout_ms = op_timeout_ms
+        self._retries = retries
+        try:
+            self.loop.add_reader(self._writer.fileno(), self._ready)
+        except BaseException:
+            self._writer.close()
+            raise
+
+    @property
+    def busy(self) -> bool:
+        return self._writer.busy()
+
+    def _ready(self) -> None:
+        """The eventfd is readable: the job has run."""
+        try:
+            os.read(self._writer.fileno(), 8)
+        except BlockingIOError:
+            return
+        job = self._writer.collect()
+        done, self._done = self._done, None
+        if job is not None and done is not None and not done.done():
+            done.set_result(job)
+
+    async def _connect(self) -> None:
+        future = self.loop.run_in_executor(None, _connect_socket, self._host, self._port, self._handshake,
+                                           self._op_timeout_ms / 1000)
+        try:
+            fd = await future
+        except asyncio.CancelledError:
+            # The connection may still be made: close it then, nobody will adopt it.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception() or os.close(f.result()))
+            raise
+        self._writer.adopt(fd)
+
+    async def call(self, pieces: list) -> Any:
+        """Run the command made of `pieces` (`_rediswriter.AppendJob`) and return its reply."""
+        attempt = 0
+        while True:
+            try:
+                if not self._writer.has_socket():
+                    await self._connect()
+            except OSError as exc:
+                if attempt >= self._retries:
+                    raise rex.ConnectionError(f"connecting: {exc}") from None
+                attempt += 1
+                continue
+            job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
+            done = self._done = self.loop.create_future()
+            self._writer.submit(job)
+            # Shielded: a caller that gives up does not stop the job; `busy` stays true until
+            # it has run, and the next append takes the loop path meanwhile.
+            job = await asyncio.shield(done)
+            status = job.status
+            if status == _rediswriter.OK:
+                return _reply_of(job.reply)
+            if status == _rediswriter.TIMEOUT:
+                raise rex.TimeoutError(f"no reply within {self._op_timeout_ms} ms")
+            if status in (_rediswriter.IO_ERROR, _rediswriter.CLOSED, _rediswriter.NO_SOCKET):
+                if attempt < self._retries:
+                    attempt += 1
+                    continue
+                detail = os.strerror(job.errno) if status == _rediswriter.IO_ERROR else "connection closed"
+                raise rex.ConnectionError(detail)
+            if status == _rediswriter.BAD_REPLY:
+                raise rex.ConnectionError("the reply is not RESP (connection closed)")
+            raise rex.RedisError(f"the writer thread failed (status {status}); nothing was sent")
+
+    async def close(self) -> None:
+        if self.loop is asyncio.get_running_loop():
+            while self._done is not None:  # let the job in flight land (or fail)
+                await asyncio.shield(self._done)
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._writer.fileno())
+        self._writer.close()  # a job still running (its loop gone) finishes first
+
+
+def _append_pieces(keys: list[str], epoch: int, seq: int, record: bytes, chunks: list[UsageChunk],
+                   key_index: dict[str, int], events: list[EventRow]) -> list | None:
+    """The append script's EVALSHA as `_rediswriter.AppendJob` pieces: its arguments (those of
+    RedisStorage.append's loop path) in RESP, with the record and each usage chunk of several
+    rows as a blob for the thread to store (compressed, then its codec). None if an argument is
+    one `_wire.resp_command` does not encode (the loop path sends it then)."""
+    items: list[Any] = ["EVALSHA", _SCRIPTS["append"].sha, len(keys), *keys, epoch, seq,
+                        (record if type(record) is bytes else bytes(record),), len(chunks), len(events)]
+    for account_id, at_ms, n, payloads in chunks:
+        items += (key_index[account_id], account_id, at_ms, n)
+        if n > 1:
+            items.append((payloads if type(payloads) is bytes else bytes(payloads),))
+        else:
+            items += (payloads, CODEC_RAW)
+    for ev in events:
+        items += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
+    total = sum(2 if type(item) is tuple else 1 for item in items)
+    pieces: list = []
+    plain: list = []
+    for item in items + [None]:
+        if item is not None and type(item) is not tuple:
+            plain.append(item)
+            continue
+        if plain:
+            packed = _wire.resp_command(tuple(plain), 0 if pieces else total)
+            if packed is None:
+                return None
+            pieces.append(packed)
+            plain = []
+        if item is not None:
+            if not pieces:  # the command starts with a blob: never, but keep the header first
+                pieces.append(b"*%d\r\n" % total)
+            pieces.append(item)
+    return pieces
+
+
 class RedisStorage(Storage):
     """Storage in one Redis database (``redis://`` or ``rediss://`` for TLS)."""
 
@@ -442,7 +632,11 @@ class RedisStorage(Storage):
         hash_tag: str = "q",
         op_timeout_ms: int = OP_TIMEOUT_MS_DEFAULT,
         retries: int = RETRIES_DEFAULT,
+        thread_appends: bool = True,
     ) -> None:
+        """`thread_appends`: send appends from the C writer thread of `_rediswriter` where it can
+        serve the store (`_ThreadWriter`); False: from the event loop (`_Writer`), as a store
+        it cannot serve (TLS, say) always does."""
         if any(c in key_prefix + hash_tag for c in "{}"):
             raise ValueError("key_prefix and hash_tag must not contain braces")
         if not hash_tag:
@@ -453,6 +647,7 @@ class RedisStorage(Storage):
         self.where = _redacted(url)
         self._op_timeout_ms = op_timeout_ms
         self._retries = retries
+        self._thread_appends = thread_appends
         p = f"{key_prefix}{{{hash_tag}}}:"
         self._prefix = p
         self.k_lease = p + "lease"
@@ -465,6 +660,7 @@ class RedisStorage(Storage):
         self.k_events = p + "events"
         self._client: aioredis.Redis | None = None
         self._writer: _Writer | None = None
+        self._thread_writer: _ThreadWriter | None = None
 
     def usage_key(self, account_id: str) -> str:
         return f"{self._prefix}usage:{account_id}"
@@ -537,11 +733,35 @@ class RedisStorage(Storage):
             raise
         self._client = client
         self._writer = _Writer(pool, self._retries)
+        self._thread_writer = self._start_thread_writer(pool)
+
+    def _start_thread_writer(self, pool: Any) -> _ThreadWriter | None:
+        """The C writer thread for appends, where it can serve this store: plain TCP (no TLS, no
+        Unix socket), a password given in the URL (not a credential provider), libzstd found."""
+        kwargs = pool.connection_kwargs
+        if (not self._thread_appends or _rediswriter is None or pool.connection_class is not _Connection
+                or kwargs.get("credential_provider") is not None or not _rediswriter.available()):
+            return None
+        handshake: list[tuple] = []
+        password, username = kwargs.get("password"), kwargs.get("username")
+        if password is not None:
+            handshake.append(("AUTH", username, password) if username else ("AUTH", password))
+        if int(kwargs.get("db") or 0):
+            handshake.append(("SELECT", int(kwargs["db"])))
+        try:
+            return _ThreadWriter(kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)), handshake,
+                                 self._op_timeout_ms, self._retries)
+        except OSError as exc:
+            log.warning("redis appends stay on the event loop: %s", exc)
+            return None
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             writer, self._writer = self._writer, None
+            thread_writer, self._thread_writer = self._thread_writer, None
+            if thread_writer is not None:
+                await thread_writer.close()
             if writer is not None:
                 await writer.drop()
             await client.aclose()
@@ -618,19 +838,26 @@ class RedisStorage(Storage):
         packed: list[UsageChunk] = (),
     ) -> None:
         chunks = check_batch(seq, usage, events, packed)
-        (stored, codec), stored_chunks = _pack_flush(record, chunks)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
-        args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
-        for (account_id, at_ms, n, _), (payloads, chunk_codec) in zip(chunks, stored_chunks):
-            index = key_index.get(account_id)
-            if index is None:
+        for account_id, _, _, _ in chunks:
+            if account_id not in key_index:
                 keys.append(self.usage_key(account_id))
-                index = key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
-            args += (index, account_id, at_ms, n, payloads, chunk_codec)
-        for ev in events:
-            args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
-        reply = await self._eval(_SCRIPTS["append"], keys, args, hot=True)
+                key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
+        thread_writer = self._thread_writer
+        pieces = None
+        if thread_writer is not None and not thread_writer.busy and thread_writer.loop is asyncio.get_running_loop():
+            pieces = _append_pieces(keys, epoch, seq, record, chunks, key_index, events)
+        if pieces is not None:
+            reply = await self._thread_call(thread_writer, pieces, keys)
+        else:
+            (stored, codec), stored_chunks = _pack_flush(record, chunks)
+            args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
+            for (account_id, at_ms, n, _), (payloads, chunk_codec) in zip(chunks, stored_chunks):
+                args += (key_index[account_id], account_id, at_ms, n, payloads, chunk_codec)
+            for ev in events:
+                args += (ev.event_id, ev.account_id, ev.type, ev.at_ms, ev.payload)
+            reply = await self._eval(_SCRIPTS["append"], keys, args, hot=True)
         status = reply[0]
         if status in (b"OK", b"DUP"):
             return
@@ -650,6 +877,19 @@ class RedisStorage(Storage):
         if status == b"EVENT_ORDER":
             raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
         raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")
+
+    async def _thread_call(self, thread_writer: _ThreadWriter, pieces: list, keys: list[str]) -> Any:
+        """The append's EVALSHA on the writer thread, loading the script again if the server
+        lost it (as `_eval` does)."""
+        script = _SCRIPTS["append"]
+        try:
+            try:
+                return await thread_writer.call(pieces)
+            except rex.NoScriptError:
+                await self.client.script_load(script.source)
+                return await thread_writer.call(pieces)
+        except (rex.RedisError, OSError, TimeoutError) as exc:
+            raise _map_error(exc, f"{self.where} {script.name}") from exc
 
     async def _stored_record(self, seq: int) -> bytes | None:
         page = await self._call("read record", self.client.xrange(self.k_journal, f"{seq}-0", f"{seq}-0"))

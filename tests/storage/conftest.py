@@ -126,13 +126,15 @@ class RedisBackend(Backend):
     kind = "redis"
     lease_ttl_ms = REDIS_LEASE_TTL_MS
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, thread_appends: bool = True) -> None:
         super().__init__()
         self.server = RedisProcess(tmp_path / "redis")
         self.server.start()
+        self.thread_appends = thread_appends
 
     def make(self, **options: Any) -> Storage:
         options.setdefault("op_timeout_ms", 1_000)
+        options.setdefault("thread_appends", self.thread_appends)
         return RedisStorage(self.server.url, **options)
 
     async def let_lease_time_pass(self, ms: int) -> None:
@@ -158,13 +160,15 @@ class RedisBackend(Backend):
         self.server.stop(kill=True)
 
 
-@pytest.fixture(params=["sqlite", "sqlite-thread", "redis"])
+@pytest.fixture(params=["sqlite", "sqlite-thread", "redis", "redis-loop"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Every backend; SQLite twice: appends on its C writer thread (the default) and on the
-    worker thread through Python's sqlite3 (`fast_appends=False`, the fallback)."""
-    if request.param == "redis":
+    """Every backend, each with both of its append paths: SQLite's C writer thread (the
+    default) and its worker thread through Python's sqlite3 (`fast_appends=False`, the
+    fallback); Redis's C writer thread (the default) and the event loop's connection
+    (`thread_appends=False`: the path of a store the thread cannot serve, TLS say)."""
+    if request.param.startswith("redis"):
         require_redis_server()
-        b: Backend = RedisBackend(tmp_path)
+        b: Backend = RedisBackend(tmp_path, thread_appends=request.param == "redis")
     else:
         b = SqliteBackend(tmp_path, fast_appends=request.param == "sqlite")
     try:

@@ -17,13 +17,13 @@ TTL_MS = 400
 OUTAGE_TIMEOUT_MS = 300
 
 
-@pytest.fixture
-async def opened(redis_server: RedisProcess):
+async def _stores(server: RedisProcess, thread_appends: bool):
     stores: list[RedisStorage] = []
 
     async def make(**options) -> RedisStorage:
         options.setdefault("op_timeout_ms", OUTAGE_TIMEOUT_MS)
-        store = RedisStorage(redis_server.url, **options)
+        options.setdefault("thread_appends", thread_appends)
+        store = RedisStorage(server.url, **options)
         await store.open()
         stores.append(store)
         return store
@@ -31,6 +31,21 @@ async def opened(redis_server: RedisProcess):
     yield make
     for store in stores:
         await store.close()
+
+
+@pytest.fixture(params=["thread", "loop"])
+async def opened(redis_server: RedisProcess, request: pytest.FixtureRequest):
+    """Stores on `redis_server`, with appends on the C writer thread (the default) or on the
+    event loop's connection (the path of a store the thread cannot serve)."""
+    async for make in _stores(redis_server, request.param == "thread"):
+        yield make
+
+
+@pytest.fixture
+async def threaded(redis_server: RedisProcess):
+    """Stores on `redis_server` with appends on the C writer thread."""
+    async for make in _stores(redis_server, True):
+        yield make
 
 
 async def test_killed_server_is_unavailable_then_writes_resume_after_restart(
@@ -364,3 +379,126 @@ async def test_big_records_and_snapshots_are_stored_compressed(opened) -> None:
     assert int(await store.client.hget(store.k_meta, "snapshot_codec")) == 2
     assert len(await store.client.get(store.k_snapshot)) < len(record)
     assert await store.load() == Recovered(record * 10, 2, [])
+
+
+# -- the C writer thread (quota_server/_rediswriter.pyx): appends without the GIL ----------------
+
+
+def _loop_path_refused(store: RedisStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the event loop's append path fail, so an append that lands went out on the thread."""
+    real = store._eval
+
+    async def no_hot_eval(script, keys, args, *, hot=False):
+        assert not hot, "the append took the event loop's path"
+        return await real(script, keys, args)
+
+    monkeypatch.setattr(store, "_eval", no_hot_eval)
+
+
+async def test_appends_leave_from_the_writer_thread_compressed_as_the_loop_would(
+        threaded, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the thread available, appends go out on it: a big record and a big usage chunk are
+    stored zstd-compressed (codec 2), small ones as they are, single rows as a payload field,
+    events as they are; everything reads back exactly, also through the loop path's decoders."""
+    from quota_server.storage import EventRow
+    from quota_server.storage.redis import PACK_MIN_BYTES, usage_entry_payloads
+
+    store = await threaded()
+    assert store._thread_writer is not None
+    _loop_path_refused(store, monkeypatch)
+    epoch = await store.acquire_lease("a", 60_000)
+    record = b"journal record " * 10_000
+    rows = [UsageRow("big", T0, b'{"reservation_id":"r%05d","amount_charged":1}' % i) for i in range(2000)]
+    assert len(record) >= PACK_MIN_BYTES and sum(len(r.payload) + 4 for r in rows) >= PACK_MIN_BYTES
+    events = [EventRow(1, "big", "credit_low", T0, b'{"available":1}')]
+    await store.append(epoch, 1, record, rows + [UsageRow("one", T0, b"single")], events)
+    await store.append(epoch, 2, b"small", [UsageRow("big", T0 + 1, b"a"), UsageRow("big", T0 + 1, b"b")], [])
+    (_, first), (_, second) = await store.client.xrange(store.k_journal)
+    assert first[b"codec"] == b"2" and len(first[b"record"]) < len(record) // 10
+    assert b"codec" not in second and second[b"record"] == b"small"
+    (_, big), (_, small) = await store.client.xrange(store.usage_key("big"))
+    assert big[b"codec"] == b"2" and usage_entry_payloads(big) == [r.payload for r in rows]
+    assert b"codec" not in small and usage_entry_payloads(small) == [b"a", b"b"]
+    ((_, one),) = await store.client.xrange(store.usage_key("one"))
+    assert one[b"payload"] == b"single"
+    assert await store.load() == Recovered(None, 0, [(1, record), (2, b"small")])
+    assert await store.read_events(0, 10) == events
+    # The same record again is a retry (DUP), a different one for that seq is refused.
+    await store.append(epoch, 2, b"small", [UsageRow("big", T0 + 1, b"a"), UsageRow("big", T0 + 1, b"b")], [])
+    with pytest.raises(SequenceError):
+        await store.append(epoch, 2, b"other", [], [])
+
+
+async def test_the_thread_reconnects_after_a_redis_restart_and_reloads_the_script(
+        redis_server: RedisProcess, threaded, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed under the thread: StorageUnavailable; restarted (its script cache empty): the next
+    append connects again, loads the script (NOSCRIPT) and lands, still from the thread."""
+    store = await threaded()
+    _loop_path_refused(store, monkeypatch)
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [], [])
+    redis_server.stop(kill=True)
+    with pytest.raises(StorageUnavailable):
+        await store.append(epoch, 2, b"r2", [], [])
+    redis_server.start()
+    await store.append(epoch, 2, b"r2", [], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
+
+
+async def test_a_caller_that_gives_up_leaves_the_write_to_land_once(
+        redis_server: RedisProcess, threaded) -> None:
+    """An append whose caller is cancelled while Redis is frozen keeps running on the thread
+    (meanwhile appends take the loop path); once Redis wakes up it lands, and the caller's
+    retry of the same append is answered as a duplicate: the record is there once."""
+    store = await threaded(op_timeout_ms=5_000)
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [UsageRow("u", T0, b"p1")], [])
+    redis_server.pause()
+    try:
+        task = asyncio.ensure_future(store.append(epoch, 2, b"r2", [UsageRow("u", T0 + 1, b"p2")], []))
+        await asyncio.sleep(0.2)
+        assert store._thread_writer.busy
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store._thread_writer.busy  # the job still runs
+    finally:
+        redis_server.resume()
+    for _ in range(200):
+        if not store._thread_writer.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert not store._thread_writer.busy
+    await store.append(epoch, 2, b"r2", [UsageRow("u", T0 + 1, b"p2")], [])
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
+    assert [r.payload async for r in store.iter_usage("u", 0, 0)] == [b"p1", b"p2"]
+
+
+async def test_the_thread_authenticates_and_selects_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread's own connection sends AUTH (user and password from the URL) and SELECT: its
+    appends land in the URL's database; a wrong password fails the start, never an append."""
+    import redis as sync_redis
+
+    require_redis_server()
+    with RedisProcess(tmp_path / "auth") as server:
+        admin = sync_redis.Redis(port=server.port)
+        admin.config_set("requirepass", "s3cret-pass")
+        admin.close()
+        url = f"redis://default:s3cret-pass@127.0.0.1:{server.port}/3"
+        store = RedisStorage(url, op_timeout_ms=OUTAGE_TIMEOUT_MS)
+        await store.open()
+        try:
+            _loop_path_refused(store, monkeypatch)
+            epoch = await store.acquire_lease("a", 10_000)
+            await store.append(epoch, 1, b"record-1" * 20_000, [], [])
+            db3 = sync_redis.Redis(port=server.port, password="s3cret-pass", db=3)
+            db0 = sync_redis.Redis(port=server.port, password="s3cret-pass", db=0)
+            assert db3.xlen(store.k_journal) == 1 and not db0.exists(store.k_journal)
+            db3.close()
+            db0.close()
+        finally:
+            await store.close()
+        wrong = RedisStorage(f"redis://default:wrong@127.0.0.1:{server.port}/3", op_timeout_ms=OUTAGE_TIMEOUT_MS)
+        with pytest.raises(Exception) as caught:
+            await wrong.open()
+        assert not isinstance(caught.value, StorageUnavailable)
