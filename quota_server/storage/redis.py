@@ -528,8 +528,10 @@ class _ThreadWriter:
         except BlockingIOError:
             return
         job = self._writer.collect()
+        if job is None:
+            return
         done, self._done = self._done, None
-        if job is not None and done is not None and not done.done():
+        if done is not None and not done.done():
             done.set_result(job)
 
     async def _connect(self) -> None:
@@ -615,9 +617,7 @@ def _append_pieces(keys: list[str], epoch: int, seq: int, record: bytes, chunks:
             pieces.append(packed)
             plain = []
         if item is not None:
-            if not pieces:  # the command starts with a blob: never, but keep the header first
-                pieces.append(b"*%d\r\n" % total)
-            pieces.append(item)
+            pieces.append(item)  # never first: the command starts with plain arguments
     return pieces
 
 
@@ -849,7 +849,7 @@ class RedisStorage(Storage):
         if thread_writer is not None and not thread_writer.busy and thread_writer.loop is asyncio.get_running_loop():
             pieces = _append_pieces(keys, epoch, seq, record, chunks, key_index, events)
         if pieces is not None:
-            reply = await self._thread_call(thread_writer, pieces, keys)
+            reply = await self._thread_call(thread_writer, pieces)
         else:
             (stored, codec), stored_chunks = _pack_flush(record, chunks)
             args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
@@ -878,7 +878,7 @@ class RedisStorage(Storage):
             raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
         raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")
 
-    async def _thread_call(self, thread_writer: _ThreadWriter, pieces: list, keys: list[str]) -> Any:
+    async def _thread_call(self, thread_writer: _ThreadWriter, pieces: list) -> Any:
         """The append's EVALSHA on the writer thread, loading the script again if the server
         lost it (as `_eval` does)."""
         script = _SCRIPTS["append"]

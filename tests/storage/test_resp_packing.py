@@ -42,3 +42,12 @@ def test_the_connections_use_it_and_fall_back():
         # a name with a space is split by redis-py; a float is encoded by it
         assert b"".join(conn.pack_command("SCRIPT LOAD", "return 1")) == redis_py("SCRIPT LOAD", "return 1")
         assert b"".join(conn.pack_command("SET", "k", 1.5)) == redis_py("SET", "k", 1.5)
+
+
+def test_a_command_in_pieces_is_the_command_in_one_go():
+    """`array_len` gives the first piece the whole command's count and 0 leaves the header off
+    the others, so the pieces joined are the command packed at once (the C writer's jobs)."""
+    args = ("EVALSHA", "sha", 2, "k1", "k2", 7, b"blob", -1, "last")
+    whole = _wire.resp_command(args)
+    assert _wire.resp_command(args[:4], len(args)) + _wire.resp_command(args[4:7], 0) \
+        + _wire.resp_command(args[7:], 0) == whole == redis_py(*args)
