@@ -150,6 +150,8 @@ class Engine:
         self.windows_run_out = 0  # waits for more ops that ran the whole window (see _linger)
         self._write_since: float | None = None  # loop time the write in flight started at
         self._stall_s = options.stall_ms / 1000
+        # The op that expires what is due, first in every apply (writes and reads alike).
+        self._sweep_op = (C.OP_EXPIRE, options.sweep_max_items)
         self._last_write_s = 0.0  # how long the last storage write took
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
@@ -323,11 +325,10 @@ class Engine:
         """
         if self.fatal is not None:
             raise ShuttingDown()
-        sweep = (C.OP_EXPIRE, self.options.sweep_max_items)
         if op is None:
-            self.ledger.apply([sweep], self.now_ns())
+            self.ledger.apply([self._sweep_op], self.now_ns())
             return None
-        return self.ledger.apply([sweep, op], self.now_ns())[1]
+        return self.ledger.apply([self._sweep_op, op], self.now_ns())[1]
 
     # ------------------------------------------------------------------ the write path
 
@@ -479,7 +480,7 @@ class Engine:
         """Apply `batch` to the core and derive what its write carries (synchronous)."""
         now_ns = self.now_ns()
         now_ms = now_ns // 1_000_000
-        ops = [(C.OP_EXPIRE, self.options.sweep_max_items)]
+        ops = [self._sweep_op]
         for item in batch:
             ops.extend(item.ops)
         results = self.ledger.apply(ops, now_ns)
