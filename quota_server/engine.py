@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,6 +137,7 @@ class Engine:
         self.snapshot_failures = 0  # failed snapshots in a row (0 after one lands)
         self._snapshot_retry_ns = 0  # after a failure, no new snapshot before this time
         self._pending: list[_Pending] = []
+        self._writing: asyncio.Task | None = None  # the write in flight (`_write`), or the last one
         self._behind: _Flush | None = None  # applied behind the write in flight, not yet sealed
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
@@ -339,22 +340,23 @@ class Engine:
         CPU work with the write, and written as soon as N has landed. Fewer wait for N to land
         (so small calls share one flush instead of paying for many). Writes land in order, and a
         batch is answered only once its write (and so every earlier one) has landed. What is
-        applied behind the write in flight is one open flush (up to `max_batch` ops, sealed
-        into one record when that write lands). With no write in flight, a batch of fewer than
-        `eager_apply_min_ops` may first wait a little for company (`_linger`)."""
-        write: asyncio.Task | None = None
-        applied: _Flush | None = None  # applied behind the write in flight, not yet sealed
+        applied behind the write in flight is one open flush (`_behind`: up to `max_batch` ops,
+        sealed into one record when that write lands; the landed write starts it itself,
+        `_write_next`). With no write in flight, a batch of fewer than `eager_apply_min_ops` may
+        first wait a little for company (`_linger`)."""
         eager = self.options.eager_apply_min_ops
         room = self.options.max_batch
         try:
             while self._running:
+                write = self._writing
                 if write is not None and not write.done():
+                    behind = self._behind
                     # While storage is down, only fail-open calls are queued: apply them at once.
                     if ((self._queued_ops >= eager or (self.storage_down and self._queued_ops))
-                            and (applied is None or applied.n_ops < room)):
+                            and (behind is None or behind.n_ops < room)):
                         # Enough is waiting: apply it now, behind the write (into the same
                         # record as whatever was applied behind it already).
-                        applied = self._behind = self._apply_taken(applied, room - (applied.n_ops if applied else 0))
+                        self._behind = self._apply_taken(behind, room - (behind.n_ops if behind else 0))
                         continue
                     # Woken by the write landing or by the queue reaching `eager` (a bare
                     # future: this runs once per flush, asyncio.wait costs more).
@@ -367,16 +369,15 @@ class Engine:
                         write.remove_done_callback(self._release_waiter)
                     continue
                 if write is not None:
+                    self._writing = None
                     try:
                         await write  # raises what the write raised
                     except BaseException:
-                        if applied is not None:
-                            applied.fail()
+                        if self._behind is not None:
+                            self._behind.fail()
                         raise
-                    write = None
-                if applied is not None:
-                    write = self._start_write(applied)
-                    applied = self._behind = None
+                if self._behind is not None:
+                    self._write_next()
                     await asyncio.sleep(0)  # let the write go out first (`_start_write`)
                     continue
                 if not self._pending:
@@ -387,12 +388,17 @@ class Engine:
                 self._idle.clear()
                 if self._queued_ops < eager and self._window_s:
                     await self._linger()
-                write = self._start_write(self._apply_taken(None, room))
+                self._writing = self._start_write(self._apply_taken(None, room))
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a broken invariant or a lost lease: stop serving
             self._die(exc)
+
+    def _write_next(self) -> None:
+        """Start writing what was applied behind the write that has just landed."""
+        behind, self._behind = self._behind, None
+        self._writing = self._start_write(behind)
 
     async def _linger(self) -> None:
         """Adaptive group commit: before taking a small batch, wait up to `flush_window_us` for
@@ -578,27 +584,40 @@ class Engine:
         return self.ledger.snapshot()
 
     def _start_write(self, flush: _Flush) -> asyncio.Task:
-        """Seal `flush` and start writing it. The caller then yields once, so that the write's
-        first step (handing the record to SQLite's thread, sending it to Redis) runs before
-        anything more is applied behind it: otherwise the write would only leave once that
-        apply (about a millisecond for a Batch of 1,000) is over, and its callers would wait
-        for it on top of the write itself."""
+        """Seal `flush` and start writing it: storage sends what it can at once
+        (`Storage.start_append`: Redis's writer thread gets the flush now), and a task finishes
+        the write. The caller then yields once, so that a write that does start in that task
+        (handing the record to SQLite's thread, say) runs before anything more is applied behind
+        it: otherwise the write would only leave once that apply (about a millisecond for a
+        Batch of 1,000) is over, and its callers would wait for it on top of the write itself."""
         try:
             self._seal(flush)
         except BaseException:
             flush.fail()
             raise
         self._write_since = self._loop.time()
-        return self._loop.create_task(self._write(flush), name="quota-write")
+        started = None
+        if flush.record:
+            try:
+                started = self.storage.start_append(self.epoch, flush.seq, flush.record, flush.usage, flush.events,
+                                                    flush.packed)
+            except Exception:  # noqa: BLE001 - nothing was sent: the first attempt raises it again
+                started = None
+        task = self._loop.create_task(self._write(flush, started), name="quota-write")
+        if started is not None and hasattr(started, "close"):
+            # A task cancelled before its first step never awaits `started`: close it quietly.
+            task.add_done_callback(lambda _: started.close())
+        return task
 
-    async def _write(self, flush: _Flush) -> None:
-        """Persist one sealed flush (retrying until it lands), then answer its callers."""
+    async def _write(self, flush: _Flush, started: Awaitable[None] | None = None) -> None:
+        """Persist one sealed flush (retrying until it lands), then answer its callers;
+        `started`: its first attempt, begun by `_start_write`."""
         try:
             if flush.record:
-                started = self._loop.time()
+                began = self._loop.time() if self._write_since is None else self._write_since
                 await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed,
-                                    on_unavailable=lambda: self._answer_unavailable(flush))
-                self._last_write_s = self._loop.time() - started
+                                    on_unavailable=lambda: self._answer_unavailable(flush), started=started)
+                self._last_write_s = self._loop.time() - began
         except BaseException as exc:
             # Lost lease: stop serving at once (before these callers hear "shutting down").
             if not isinstance(exc, asyncio.CancelledError):
@@ -614,6 +633,15 @@ class Engine:
                 if not item.future.done():
                     item.future.set_result(results[index] if item.single else results[index:index + size])
                 index += size
+        if self._behind is not None and self._writing is asyncio.current_task() and self._running:
+            # Landed: start the next write now, not from the flush loop, which would wake one
+            # loop iteration later (behind whatever else runs meanwhile: these callers' replies,
+            # applying the next Batch).
+            try:
+                self._write_next()
+            except BaseException as exc:  # noqa: BLE001 - as the flush loop: stop serving
+                self._die(exc)
+        self._release_waiter()
         if flush.snapshot is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(
                 self._write_snapshot(flush.seq, flush.snapshot)
@@ -623,13 +651,19 @@ class Engine:
                 self.events_written.notify_all()
 
     async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
-                       packed: list[UsageChunk], on_unavailable: Callable[[], None] | None = None) -> None:
+                       packed: list[UsageChunk], on_unavailable: Callable[[], None] | None = None,
+                       started: Awaitable[None] | None = None) -> None:
         """Write one batch, retrying until it lands; new mutations get UNAVAILABLE meanwhile,
-        and `on_unavailable` runs once, at the first failed attempt."""
+        and `on_unavailable` runs once, at the first failed attempt. `started`: the first
+        attempt, begun already (`Storage.start_append`)."""
         backoff_ms = self.options.retry_backoff_min_ms
         while True:
             try:
-                await self.storage.append(self.epoch, seq, record, usage, events, packed)
+                if started is not None:
+                    attempt, started = started, None
+                    await attempt
+                else:
+                    await self.storage.append(self.epoch, seq, record, usage, events, packed)
             except StorageUnavailable as exc:
                 if not self.storage_down:
                     log.warning("storage unavailable, retrying the pending batch: %s", exc)

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 
 import zstandard
@@ -354,6 +354,16 @@ class Storage(abc.ABC):
         the same bytes this is a success that writes nothing (the retry of an ambiguous
         failure); with other bytes it is SequenceError. Event ids must keep increasing.
         """
+
+    def start_append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
+                     packed: list[UsageChunk] = ()) -> Awaitable[None]:
+        """``append``, with what of it can go out without waiting sent now, before the caller
+        yields to the loop; awaiting the result finishes it (await it exactly once). The engine
+        starts each flush's write so: a write that begins in a task of its own leaves one loop
+        iteration later, behind whatever else the loop runs meanwhile (answering the flush
+        before, applying the next). The default sends nothing early: it is ``append`` itself.
+        It may raise what ``append`` raises for bad arguments, before anything is sent."""
+        return self.append(epoch, seq, record, usage, events, packed)
 
     @abc.abstractmethod
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:

@@ -43,6 +43,7 @@ import os
 import re
 import socket
 import urllib.parse
+from collections.abc import Awaitable
 from typing import Any
 
 import hiredis
@@ -500,12 +501,14 @@ class _ThreadWriter:
     failure. One job at a time: `busy` (a job in flight, even one whose caller gave up) tells
     the storage to use the loop path meanwhile."""
 
-    __slots__ = ("_writer", "loop", "_done", "_host", "_port", "_handshake", "_op_timeout_ms", "_retries")
+    __slots__ = ("_writer", "loop", "_done", "_waiter", "_host", "_port", "_handshake", "_op_timeout_ms",
+                 "_retries")
 
     def __init__(self, host: str, port: int, handshake: list[tuple], op_timeout_ms: int, retries: int) -> None:
         self.loop = asyncio.get_running_loop()
         self._writer = _rediswriter.Writer()
-        self._done: asyncio.Future | None = None
+        self._done: asyncio.Future | None = None  # the job in flight has run (never cancelled)
+        self._waiter: asyncio.Future | None = None  # its caller's (cancelled if the caller gives up)
         self._host = host
         self._port = port
         self._handshake = handshake
@@ -531,8 +534,11 @@ class _ThreadWriter:
         if job is None:
             return
         done, self._done = self._done, None
+        waiter, self._waiter = self._waiter, None
         if done is not None and not done.done():
             done.set_result(job)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(job)
 
     async def _connect(self) -> None:
         future = self.loop.run_in_executor(None, _connect_socket, self._host, self._port, self._handshake,
@@ -545,24 +551,42 @@ class _ThreadWriter:
             raise
         self._writer.adopt(fd)
 
-    async def call(self, pieces: list) -> Any:
-        """Run the command made of `pieces` (`_rediswriter.AppendJob`) and return its reply."""
+    @property
+    def ready(self) -> bool:
+        """A job can be submitted at once: none in flight, a connection made, on this loop."""
+        return (not self._writer.busy() and self._writer.has_socket()
+                and self.loop is asyncio.get_running_loop())
+
+    def submit(self, pieces: list) -> asyncio.Future:
+        """Hand the command made of `pieces` to the thread now (`ready` must hold); the future
+        of its finished job, for `call`."""
+        job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
+        self._writer.submit(job)
+        self._done = self.loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
+        return waiter
+
+    async def call(self, pieces: list, sent: asyncio.Future | None = None) -> Any:
+        """Run the command made of `pieces` (`_rediswriter.AppendJob`) and return its reply;
+        `sent`: the future `submit` gave for them, if they are on their way already."""
         attempt = 0
         while True:
-            try:
-                if not self._writer.has_socket():
-                    await self._connect()
-            except OSError as exc:
-                if attempt >= self._retries:
-                    raise rex.ConnectionError(f"connecting: {exc}") from None
-                attempt += 1
-                continue
-            job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
-            done = self._done = self.loop.create_future()
-            self._writer.submit(job)
-            # Shielded: a caller that gives up does not stop the job; `busy` stays true until
-            # it has run, and the next append takes the loop path meanwhile.
-            job = await asyncio.shield(done)
+            if sent is None:
+                try:
+                    if not self._writer.has_socket():
+                        await self._connect()
+                except OSError as exc:
+                    if attempt >= self._retries:
+                        raise rex.ConnectionError(f"connecting: {exc}") from None
+                    attempt += 1
+                    continue
+                sent = self.submit(pieces)
+            # A caller that gives up cancels its own future only: the job still runs, `busy`
+            # stays true until it has (the next append takes the loop path meanwhile) and
+            # `_done` tells close() when. (Not asyncio.shield: it would wake the caller one
+            # loop iteration later, and the engine's next write waits for this one.)
+            job = await sent
+            sent = None
             status = job.status
             if status == _rediswriter.OK:
                 return _reply_of(job.reply)
@@ -837,6 +861,12 @@ class RedisStorage(Storage):
         events: list[EventRow],
         packed: list[UsageChunk] = (),
     ) -> None:
+        await self.start_append(epoch, seq, record, usage, events, packed)
+
+    def start_append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
+                     packed: list[UsageChunk] = ()) -> Awaitable[None]:
+        """`append`, handed to the writer thread at once when it is ready (Storage.start_append);
+        else (TLS, the thread busy or not connected yet) all of it runs when awaited."""
         chunks = check_batch(seq, usage, events, packed)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
@@ -845,11 +875,18 @@ class RedisStorage(Storage):
                 keys.append(self.usage_key(account_id))
                 key_index[account_id] = len(keys)  # Lua's KEYS is 1-based
         thread_writer = self._thread_writer
-        pieces = None
+        pieces = sent = None
         if thread_writer is not None and not thread_writer.busy and thread_writer.loop is asyncio.get_running_loop():
             pieces = _append_pieces(keys, epoch, seq, record, chunks, key_index, events)
+            if pieces is not None and thread_writer.ready:
+                sent = thread_writer.submit(pieces)
+        return self._append(epoch, seq, record, events, keys, key_index, chunks, thread_writer, pieces, sent)
+
+    async def _append(self, epoch: int, seq: int, record: bytes, events: list[EventRow], keys: list[str],
+                      key_index: dict[str, int], chunks: list[UsageChunk], thread_writer: _ThreadWriter | None,
+                      pieces: list | None, sent: asyncio.Future | None) -> None:
         if pieces is not None:
-            reply = await self._thread_call(thread_writer, pieces)
+            reply = await self._thread_call(thread_writer, pieces, sent)
         else:
             (stored, codec), stored_chunks = _pack_flush(record, chunks)
             args: list[Any] = [epoch, seq, stored, codec, len(chunks), len(events)]
@@ -878,13 +915,13 @@ class RedisStorage(Storage):
             raise SequenceError(f"event id {events[0].event_id} does not follow {detail}")
         raise StorageError(f"redis {self.where}: unexpected append reply {reply!r}")
 
-    async def _thread_call(self, thread_writer: _ThreadWriter, pieces: list) -> Any:
-        """The append's EVALSHA on the writer thread, loading the script again if the server
-        lost it (as `_eval` does)."""
+    async def _thread_call(self, thread_writer: _ThreadWriter, pieces: list, sent: asyncio.Future | None) -> Any:
+        """The append's EVALSHA on the writer thread (`sent`: submitted already), loading the
+        script again if the server lost it (as `_eval` does)."""
         script = _SCRIPTS["append"]
         try:
             try:
-                return await thread_writer.call(pieces)
+                return await thread_writer.call(pieces, sent)
             except rex.NoScriptError:
                 await self.client.script_load(script.source)
                 return await thread_writer.call(pieces)

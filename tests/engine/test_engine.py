@@ -36,6 +36,7 @@ class FaultyStorage:
         self.failing: type[Exception] | None = None
         self.gate: asyncio.Event | None = None
         self.appends: list[int] = []
+        self.starts: list[int] = []  # seqs whose start_append was called, in order
         self.snapshot_failing = False
         self.snapshot_calls: list[int] = []
 
@@ -49,6 +50,10 @@ class FaultyStorage:
             raise self.failing("injected")
         await self.inner.append(epoch, seq, record, usage, events, packed)
         self.appends.append(seq)
+
+    def start_append(self, epoch, seq, record, usage, events, packed=()):
+        self.starts.append(seq)
+        return self.append(epoch, seq, record, usage, events, packed)  # not the inner's: faults apply
 
     async def write_snapshot(self, epoch, seq, blob):
         self.snapshot_calls.append(seq)
@@ -128,6 +133,33 @@ async def test_a_big_group_is_applied_during_the_write_and_small_calls_wait(tmp_
     storage.gate.set()
     await asyncio.gather(first, group, *small)
     assert len(storage.appends) - writes_before == 2  # the blocked one, then the nine together
+    await engine.stop()
+
+
+async def test_a_landed_write_starts_the_next_before_its_callers_resume(tmp_path):
+    """What was applied behind a write is handed to storage (start_append) as soon as that write
+    lands, in the same step: before the landed write's own callers resume, and so before
+    anything else the loop runs meanwhile."""
+    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=4)
+    await engine.submit(_upsert("a"))
+    await engine.submit(_grant("a", "g", 1000))
+    storage.gate = asyncio.Event()
+    seen_by_c0: list[list[int]] = []
+
+    async def c0() -> None:
+        await engine.submit(_charge("a", "c0", 1))
+        seen_by_c0.append(list(storage.starts))
+
+    first = asyncio.ensure_future(c0())
+    await asyncio.sleep(0.01)  # applied, its write blocked
+    blocked = storage.starts[-1]
+    group = asyncio.ensure_future(engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(5)]))
+    await asyncio.sleep(0.01)
+    assert engine.ledger.has_charge("a", "b4") and storage.starts[-1] == blocked  # applied behind it
+    storage.gate.set()
+    await asyncio.gather(first, group)
+    assert seen_by_c0 == [storage.starts[:storage.starts.index(blocked) + 2]]
+    assert storage.starts[-1] == blocked + 1
     await engine.stop()
 
 
