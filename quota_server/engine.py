@@ -89,7 +89,7 @@ class _Flush:
     answer. Open (more batches may be applied into it) until `Engine._seal` takes the core's
     journal, which then covers every batch applied into it."""
 
-    __slots__ = ("parts", "n_ops", "seq", "record", "usage", "packed", "event_specs", "events", "snapshot")
+    __slots__ = ("parts", "n_ops", "seq", "record", "usage", "packed", "event_specs", "events", "snapshot", "landed")
 
     def __init__(self) -> None:
         self.parts: list[tuple[list[_Pending], list[tuple]]] = []  # (batch, its apply's results)
@@ -101,6 +101,7 @@ class _Flush:
         self.event_specs: list[tuple[str, str, dict, int]] = []  # (type, account, attrs, at_ms)
         self.events: list[EventRow] = []
         self.snapshot: bytes | ForkedSnapshot | None = None
+        self.landed = False  # written (or nothing to write), its callers answered: Engine._landed
 
     def fail(self, error: type[QuotaError] = ShuttingDown) -> None:
         for batch, _ in self.parts:
@@ -138,6 +139,7 @@ class Engine:
         self._snapshot_retry_ns = 0  # after a failure, no new snapshot before this time
         self._pending: list[_Pending] = []
         self._writing: asyncio.Task | None = None  # the write in flight (`_write`), or the last one
+        self._writing_flush: _Flush | None = None  # what it writes
         self._behind: _Flush | None = None  # applied behind the write in flight, not yet sealed
         self._queued_ops = 0  # ops in _pending (the queue bound counts ops, not submissions)
         self._wake = asyncio.Event()  # something was queued
@@ -349,7 +351,7 @@ class Engine:
         try:
             while self._running:
                 write = self._writing
-                if write is not None and not write.done():
+                if write is not None and not write.done() and not self._writing_flush.landed:
                     behind = self._behind
                     # While storage is down, only fail-open calls are queued: apply them at once.
                     if ((self._queued_ops >= eager or (self.storage_down and self._queued_ops))
@@ -369,9 +371,12 @@ class Engine:
                         write.remove_done_callback(self._release_waiter)
                     continue
                 if write is not None:
-                    self._writing = None
+                    self._writing = self._writing_flush = None
                     try:
-                        await write  # raises what the write raised
+                        # Raises what the write raised. (A landed write's task may still be
+                        # finishing: nothing it does then can fail, it is not waited for.)
+                        if write.done():
+                            await write
                     except BaseException:
                         if self._behind is not None:
                             self._behind.fail()
@@ -388,7 +393,7 @@ class Engine:
                 self._idle.clear()
                 if self._queued_ops < eager and self._window_s:
                     await self._linger()
-                self._writing = self._start_write(self._apply_taken(None, room))
+                self._start_write(self._apply_taken(None, room))
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
@@ -398,7 +403,7 @@ class Engine:
     def _write_next(self) -> None:
         """Start writing what was applied behind the write that has just landed."""
         behind, self._behind = self._behind, None
-        self._writing = self._start_write(behind)
+        self._start_write(behind)
 
     async def _linger(self) -> None:
         """Adaptive group commit: before taking a small batch, wait up to `flush_window_us` for
@@ -600,32 +605,53 @@ class Engine:
         if flush.record:
             try:
                 started = self.storage.start_append(self.epoch, flush.seq, flush.record, flush.usage, flush.events,
-                                                    flush.packed)
+                                                    flush.packed, on_landed=lambda: self._landed(flush))
             except Exception:  # noqa: BLE001 - nothing was sent: the first attempt raises it again
                 started = None
         task = self._loop.create_task(self._write(flush, started), name="quota-write")
         if started is not None and hasattr(started, "close"):
             # A task cancelled before its first step never awaits `started`: close it quietly.
             task.add_done_callback(lambda _: started.close())
+        self._writing, self._writing_flush = task, flush
         return task
 
     async def _write(self, flush: _Flush, started: Awaitable[None] | None = None) -> None:
-        """Persist one sealed flush (retrying until it lands), then answer its callers;
-        `started`: its first attempt, begun by `_start_write`."""
+        """Persist one sealed flush (retrying until it lands), then `_landed` (unless storage
+        has run it already, the moment the write landed); `started`: its first attempt, begun
+        by `_start_write`."""
         try:
             if flush.record:
-                began = self._loop.time() if self._write_since is None else self._write_since
                 await self._persist(flush.seq, flush.record, flush.usage, flush.events, flush.packed,
                                     on_unavailable=lambda: self._answer_unavailable(flush), started=started)
-                self._last_write_s = self._loop.time() - began
         except BaseException as exc:
-            # Lost lease: stop serving at once (before these callers hear "shutting down").
-            if not isinstance(exc, asyncio.CancelledError):
-                self._die(exc)
-            flush.fail()
+            if not flush.landed:  # (once landed, only a cancelled task raises here)
+                # Lost lease: stop serving at once (before these callers hear "shutting down").
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._die(exc)
+                self._write_since = None
+                flush.fail()
             raise
-        finally:
-            self._write_since = None
+        self._landed(flush)
+        if flush.events:
+            async with self.events_written:
+                self.events_written.notify_all()
+
+    def _landed(self, flush: _Flush) -> None:
+        """`flush` is durable: answer its callers and start writing what was applied behind it
+        (synchronous). Runs once per flush, in seq order: from storage the moment it learns
+        that the write landed (`Storage.start_append`'s `on_landed`: Redis's writer thread), or
+        from `_write` once the append returns."""
+        if flush.landed:
+            return
+        flush.landed = True
+        if flush.record:
+            self.seq = flush.seq
+            if self._write_since is not None:
+                self._last_write_s = self._loop.time() - self._write_since
+            if self.storage_down:
+                log.warning("storage is back")
+                self._set_storage_down(False)
+        self._write_since = None
         for batch, results in flush.parts:
             index = 1
             for item in batch:
@@ -633,22 +659,17 @@ class Engine:
                 if not item.future.done():
                     item.future.set_result(results[index] if item.single else results[index:index + size])
                 index += size
-        if self._behind is not None and self._writing is asyncio.current_task() and self._running:
-            # Landed: start the next write now, not from the flush loop, which would wake one
-            # loop iteration later (behind whatever else runs meanwhile: these callers' replies,
+        if flush.snapshot is not None:
+            self._snapshot_task = self._loop.create_task(self._write_snapshot(flush.seq, flush.snapshot))
+        if self._behind is not None and self._writing_flush is flush and self._running:
+            # Start the next write now, not from the flush loop, which would wake one loop
+            # iteration later (behind whatever else runs meanwhile: these callers' replies,
             # applying the next Batch).
             try:
                 self._write_next()
             except BaseException as exc:  # noqa: BLE001 - as the flush loop: stop serving
                 self._die(exc)
         self._release_waiter()
-        if flush.snapshot is not None:
-            self._snapshot_task = asyncio.get_running_loop().create_task(
-                self._write_snapshot(flush.seq, flush.snapshot)
-            )
-        if flush.events:
-            async with self.events_written:
-                self.events_written.notify_all()
 
     async def _persist(self, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
                        packed: list[UsageChunk], on_unavailable: Callable[[], None] | None = None,
@@ -676,10 +697,6 @@ class Engine:
                 continue
             except Fenced:
                 raise
-            self.seq = seq
-            if self.storage_down:
-                log.warning("storage is back")
-                self._set_storage_down(False)
             return
 
     def _set_storage_down(self, down: bool) -> None:

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import zlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
 import zstandard
@@ -356,13 +356,19 @@ class Storage(abc.ABC):
         """
 
     def start_append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
-                     packed: list[UsageChunk] = ()) -> Awaitable[None]:
+                     packed: list[UsageChunk] = (), *,
+                     on_landed: Callable[[], None] | None = None) -> Awaitable[None]:
         """``append``, with what of it can go out without waiting sent now, before the caller
         yields to the loop; awaiting the result finishes it (await it exactly once). The engine
         starts each flush's write so: a write that begins in a task of its own leaves one loop
         iteration later, behind whatever else the loop runs meanwhile (answering the flush
         before, applying the next). The default sends nothing early: it is ``append`` itself.
-        It may raise what ``append`` raises for bad arguments, before anything is sent."""
+        It may raise what ``append`` raises for bad arguments, before anything is sent.
+
+        ``on_landed``: called at most once, synchronously from a loop callback, as soon as the
+        store knows this append has landed, before the awaitable finishes (which then finishes
+        as it would have). A store may never call it (the default does not): the awaitable
+        finishing is what counts; this only tells it earlier."""
         return self.append(epoch, seq, record, usage, events, packed)
 
     @abc.abstractmethod

@@ -43,7 +43,7 @@ import os
 import re
 import socket
 import urllib.parse
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hiredis
@@ -490,6 +490,17 @@ def _reply_of(data: bytes) -> Any:
     return reply
 
 
+def _landed_reply(job: Any) -> bool:
+    """The finished job's reply is the append script's OK or DUP: the append has landed."""
+    if job.status != _rediswriter.OK:
+        return False
+    try:
+        reply = _reply_of(job.reply)
+    except Exception:  # noqa: BLE001 - an error reply: `call` raises it
+        return False
+    return isinstance(reply, list) and bool(reply) and reply[0] in (b"OK", b"DUP")
+
+
 class _ThreadWriter:
     """The append script on the C thread of `_rediswriter` (a socket of its own): the thread
     compresses the flush's record and usage chunks, sends the EVALSHA and reads the reply
@@ -501,14 +512,15 @@ class _ThreadWriter:
     failure. One job at a time: `busy` (a job in flight, even one whose caller gave up) tells
     the storage to use the loop path meanwhile."""
 
-    __slots__ = ("_writer", "loop", "_done", "_waiter", "_host", "_port", "_handshake", "_op_timeout_ms",
-                 "_retries")
+    __slots__ = ("_writer", "loop", "_done", "_waiter", "_on_landed", "_host", "_port", "_handshake",
+                 "_op_timeout_ms", "_retries")
 
     def __init__(self, host: str, port: int, handshake: list[tuple], op_timeout_ms: int, retries: int) -> None:
         self.loop = asyncio.get_running_loop()
         self._writer = _rediswriter.Writer()
         self._done: asyncio.Future | None = None  # the job in flight has run (never cancelled)
         self._waiter: asyncio.Future | None = None  # its caller's (cancelled if the caller gives up)
+        self._on_landed: Callable[[], None] | None = None  # Storage.start_append's
         self._host = host
         self._port = port
         self._handshake = handshake
@@ -535,6 +547,12 @@ class _ThreadWriter:
             return
         done, self._done = self._done, None
         waiter, self._waiter = self._waiter, None
+        on_landed, self._on_landed = self._on_landed, None
+        if on_landed is not None and _landed_reply(job):
+            try:
+                on_landed()
+            except Exception:  # noqa: BLE001 - the caller still gets its reply
+                log.exception("the append's on_landed callback failed")
         if done is not None and not done.done():
             done.set_result(job)
         if waiter is not None and not waiter.done():
@@ -557,11 +575,13 @@ class _ThreadWriter:
         return (not self._writer.busy() and self._writer.has_socket()
                 and self.loop is asyncio.get_running_loop())
 
-    def submit(self, pieces: list) -> asyncio.Future:
+    def submit(self, pieces: list, on_landed: Callable[[], None] | None = None) -> asyncio.Future:
         """Hand the command made of `pieces` to the thread now (`ready` must hold); the future
-        of its finished job, for `call`."""
+        of its finished job, for `call`. `on_landed` runs first, from the eventfd's callback,
+        if the reply says the append landed (`_landed_reply`)."""
         job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
         self._writer.submit(job)
+        self._on_landed = on_landed
         self._done = self.loop.create_future()
         waiter = self._waiter = self.loop.create_future()
         return waiter
@@ -864,9 +884,11 @@ class RedisStorage(Storage):
         await self.start_append(epoch, seq, record, usage, events, packed)
 
     def start_append(self, epoch: int, seq: int, record: bytes, usage: list[UsageRow], events: list[EventRow],
-                     packed: list[UsageChunk] = ()) -> Awaitable[None]:
-        """`append`, handed to the writer thread at once when it is ready (Storage.start_append);
-        else (TLS, the thread busy or not connected yet) all of it runs when awaited."""
+                     packed: list[UsageChunk] = (), *,
+                     on_landed: Callable[[], None] | None = None) -> Awaitable[None]:
+        """`append`, handed to the writer thread at once when it is ready (Storage.start_append),
+        `on_landed` then called from the thread's eventfd callback; else (TLS, the thread busy
+        or not connected yet) all of it runs when awaited, and `on_landed` is not called."""
         chunks = check_batch(seq, usage, events, packed)
         keys = [self.k_holder, self.k_meta, self.k_journal, self.k_events, self.k_usage_top]
         key_index: dict[str, int] = {}
@@ -879,7 +901,7 @@ class RedisStorage(Storage):
         if thread_writer is not None and not thread_writer.busy and thread_writer.loop is asyncio.get_running_loop():
             pieces = _append_pieces(keys, epoch, seq, record, chunks, key_index, events)
             if pieces is not None and thread_writer.ready:
-                sent = thread_writer.submit(pieces)
+                sent = thread_writer.submit(pieces, on_landed)
         return self._append(epoch, seq, record, events, keys, key_index, chunks, thread_writer, pieces, sent)
 
     async def _append(self, epoch: int, seq: int, record: bytes, events: list[EventRow], keys: list[str],

@@ -51,7 +51,7 @@ class FaultyStorage:
         await self.inner.append(epoch, seq, record, usage, events, packed)
         self.appends.append(seq)
 
-    def start_append(self, epoch, seq, record, usage, events, packed=()):
+    def start_append(self, epoch, seq, record, usage, events, packed=(), *, on_landed=None):
         self.starts.append(seq)
         return self.append(epoch, seq, record, usage, events, packed)  # not the inner's: faults apply
 
@@ -160,6 +160,46 @@ async def test_a_landed_write_starts_the_next_before_its_callers_resume(tmp_path
     await asyncio.gather(first, group)
     assert seen_by_c0 == [storage.starts[:storage.starts.index(blocked) + 2]]
     assert storage.starts[-1] == blocked + 1
+    await engine.stop()
+
+
+async def test_a_write_that_storage_reports_landed_is_answered_before_its_append_returns(tmp_path):
+    """start_append's on_landed (Redis's writer thread calls it from its eventfd callback)
+    answers the flush's callers, marks its seq durable and starts the next write at once, while
+    the append's awaitable has yet to finish; when it does, nothing is answered or written twice."""
+    engine, storage, _ = await _engine(tmp_path, eager_apply_min_ops=4)
+    await engine.submit(_upsert("a"))
+    await engine.submit(_grant("a", "g", 1000))
+    hold_back = asyncio.Event()
+    landed_calls: list[int] = []
+
+    def start_append(epoch, seq, record, usage, events, packed=(), *, on_landed=None):
+        storage.starts.append(seq)
+
+        async def append() -> None:
+            await storage.append(epoch, seq, record, usage, events, packed)
+            if on_landed is not None and seq == blocked:
+                landed_calls.append(seq)
+                asyncio.get_running_loop().call_soon(on_landed)
+                await hold_back.wait()  # the awaitable finishes much later
+        return append()
+
+    storage.start_append = start_append
+    storage.gate = asyncio.Event()
+    first = asyncio.ensure_future(engine.submit(_charge("a", "c0", 1)))
+    await asyncio.sleep(0.01)
+    blocked = storage.starts[-1]
+    group = asyncio.ensure_future(engine.submit_many([(_charge("a", f"b{i}", 1), None) for i in range(5)]))
+    await asyncio.sleep(0.01)
+    storage.gate.set()
+    assert (await asyncio.wait_for(first, 5))[3] == 999  # answered while its append has not returned
+    assert engine.seq >= blocked and storage.starts[-1] == blocked + 1  # the next write has started
+    assert [r[3] for r in await asyncio.wait_for(group, 5)] == [998, 997, 996, 995, 994]
+    hold_back.set()
+    await asyncio.sleep(0.01)
+    assert landed_calls == [blocked] and engine.seq == blocked + 1
+    assert storage.appends[-2:] == [blocked, blocked + 1]  # each written once
+    assert (await engine.submit(_charge("a", "c1", 1)))[3] == 993
     await engine.stop()
 
 

@@ -432,32 +432,43 @@ async def test_appends_leave_from_the_writer_thread_compressed_as_the_loop_would
 async def test_start_append_hands_the_write_to_the_thread_before_it_is_awaited(
         redis_server: RedisProcess, threaded, monkeypatch: pytest.MonkeyPatch) -> None:
     """start_append sends on the thread at once (the engine's next write leaves without waiting
-    for the loop to come back): the thread is busy before anything is awaited, and Redis holds
-    the record even before the append is awaited; awaiting it then finishes the append. With the
-    thread busy, start_append sends nothing: the append runs when awaited (on the loop path)."""
+    for the loop to come back): the thread is busy before anything is awaited, on_landed is
+    called once Redis holds the record, before the append is awaited; awaiting it then finishes
+    the append. With the thread busy, start_append sends nothing: the append runs when awaited
+    (on the loop path), and its on_landed is not called; nor is a refused append's."""
     store = await threaded()
     epoch = await store.acquire_lease("a", 60_000)
     await store.append(epoch, 1, b"r1", [], [])  # the thread's connection is made
-    started = store.start_append(epoch, 2, b"r2", [UsageRow("u", T0, b"p2")], [])
+    landed: list[int] = []
+    started = store.start_append(epoch, 2, b"r2", [UsageRow("u", T0, b"p2")], [], on_landed=lambda: landed.append(2))
     assert store._thread_writer.busy, "handed to the thread, nothing awaited yet"
     for _ in range(500):
-        if await store.client.xlen(store.k_journal) == 2:
+        if landed:
             break
         await asyncio.sleep(0.01)
-    assert await store.client.xlen(store.k_journal) == 2, "landed before being awaited"
+    assert landed == [2], "on_landed: called from the loop, before the append is awaited"
+    assert await store.client.xlen(store.k_journal) == 2
     await started
-    assert not store._thread_writer.busy
+    assert not store._thread_writer.busy and landed == [2]
     redis_server.pause()  # the thread's next job stays in flight
     try:
-        stuck = store.start_append(epoch, 3, b"r3", [], [])
+        stuck = store.start_append(epoch, 3, b"r3", [], [], on_landed=lambda: landed.append(3))
         assert store._thread_writer.busy
-        waiting = store.start_append(epoch, 3, b"r3", [], [])  # the same append again: a retry
+        # The same append again (a retry): the thread is busy, nothing is sent until awaited,
+        # and its on_landed is never called.
+        waiting = store.start_append(epoch, 3, b"r3", [], [], on_landed=lambda: landed.append(-3))
         assert store._thread_writer.busy
     finally:
         redis_server.resume()
     await stuck
     await waiting  # sent now, on the loop path: DUP
+    assert landed == [2, 3]
     assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2"), (3, b"r3")])
+    # An append the script refuses (a gap) is not reported landed.
+    refused = store.start_append(epoch, 9, b"r9", [], [], on_landed=lambda: landed.append(9))
+    with pytest.raises(SequenceError):
+        await refused
+    assert landed == [2, 3]
 
 
 async def test_the_thread_reconnects_after_a_redis_restart_and_reloads_the_script(
