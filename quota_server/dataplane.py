@@ -764,6 +764,7 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
     Python path as a whole, which raises its DecodeError or QuotaError; so does one with a read
     of an account before a mutation (`run_batch` answers such a read at its place).
     """
+    dp.engine.poll()  # (Engine.poll: before and after the long steps, decoding and encoding)
     work = dp.wire.decode_batch(data, max_ops)
     if work is not None and work.slow:
         try:
@@ -782,7 +783,9 @@ async def run_batch_wire(dp: DataPlane, data: bytes, max_ops: int) -> bytes:
         return (await run_batch(dp, request)).SerializeToString()
     if not work.slow:  # the usual case: every op on the fast path, derived as a group
         results = await dp.engine.submit_group(work.ops(), work) if work.n else []
-        return work.encode(results, None)
+        response = work.encode(results, None)
+        dp.engine.poll()
+        return response
     items = work.submit_items()
     results = await dp.engine.submit_many(items) if items else []
     return work.encode(results, lambda slot, result: _answer_item(dp, slot, result).SerializeToString())

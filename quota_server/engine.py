@@ -299,7 +299,14 @@ class Engine:
         self._check_accepting()
         if self._queued_ops + len(ops) > self.options.max_queue:
             raise Overloaded()
+        self.poll()  # a write landed while this group was decoded is answered first
         return await self._enqueue(ops, deriver, False)
+
+    def poll(self) -> None:
+        """Answer a write that storage can tell has landed, and start the next one, now
+        (`Storage.poll`): for callers about to do a long stretch of work on the loop (decoding
+        or encoding a Batch), which would otherwise delay both until the loop's next turn."""
+        self.storage.poll()
 
     def _enqueue(self, ops: list[tuple], derives: Any, single: bool, early: bool = False) -> asyncio.Future:
         """Queue a submission (checked by the caller) and wake the flush loop; its future."""
@@ -348,8 +355,10 @@ class Engine:
         first wait a little for company (`_linger`)."""
         eager = self.options.eager_apply_min_ops
         room = self.options.max_batch
+        poll = self.poll
         try:
             while self._running:
+                poll()  # a write landed meanwhile (applying the last batch) is answered now
                 write = self._writing
                 if write is not None and not write.done() and not self._writing_flush.landed:
                     behind = self._behind

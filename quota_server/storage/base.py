@@ -371,6 +371,13 @@ class Storage(abc.ABC):
         finishing is what counts; this only tells it earlier."""
         return self.append(epoch, seq, record, usage, events, packed)
 
+    def poll(self) -> None:
+        """Call the ``on_landed`` of a started append that has landed meanwhile, if this store
+        can tell without the event loop's help. The engine calls it between the steps of its
+        own work (before applying a batch, after a Batch request is decoded), so that a landed
+        write is answered and followed at once instead of after the loop's current turn (under
+        a Batch load, several milliseconds of decoding and applying). The default does nothing."""
+
     @abc.abstractmethod
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:
         """Store ``blob`` as the state after record ``seq``, then trim the journal up to ``seq``.

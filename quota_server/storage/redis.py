@@ -537,11 +537,15 @@ class _ThreadWriter:
         return self._writer.busy()
 
     def _ready(self) -> None:
-        """The eventfd is readable: the job has run."""
+        """The eventfd is readable: the job has run (unless `poll` has collected it already)."""
         try:
             os.read(self._writer.fileno(), 8)
         except BlockingIOError:
             return
+        self.poll()
+
+    def poll(self) -> None:
+        """Collect the job if it has run: its on_landed, then its futures' results."""
         job = self._writer.collect()
         if job is None:
             return
@@ -903,6 +907,11 @@ class RedisStorage(Storage):
             if pieces is not None and thread_writer.ready:
                 sent = thread_writer.submit(pieces, on_landed)
         return self._append(epoch, seq, record, events, keys, key_index, chunks, thread_writer, pieces, sent)
+
+    def poll(self) -> None:
+        thread_writer = self._thread_writer
+        if thread_writer is not None and thread_writer.loop is asyncio.get_running_loop():
+            thread_writer.poll()
 
     async def _append(self, epoch: int, seq: int, record: bytes, events: list[EventRow], keys: list[str],
                       key_index: dict[str, int], chunks: list[UsageChunk], thread_writer: _ThreadWriter | None,

@@ -471,6 +471,28 @@ async def test_start_append_hands_the_write_to_the_thread_before_it_is_awaited(
     assert landed == [2, 3]
 
 
+async def test_poll_reports_a_landed_append_without_the_loop_turning(threaded) -> None:
+    """poll() (called by the engine between its long steps) delivers a finished job at once:
+    on_landed runs inside the poll call, with no await in between; the loop's own eventfd
+    callback later finds nothing left to deliver, and the append's awaitable still finishes."""
+    import time
+
+    store = await threaded()
+    epoch = await store.acquire_lease("a", 60_000)
+    await store.append(epoch, 1, b"r1", [], [])  # the thread's connection is made
+    landed: list[int] = []
+    started = store.start_append(epoch, 2, b"r2", [], [], on_landed=lambda: landed.append(2))
+    deadline = time.monotonic() + 10
+    while not landed and time.monotonic() < deadline:  # the loop never runs meanwhile
+        time.sleep(0.001)
+        store.poll()
+    assert landed == [2]
+    await started
+    await asyncio.sleep(0.01)  # the eventfd's callback runs: nothing more
+    assert landed == [2] and not store._thread_writer.busy
+    assert await store.load() == Recovered(None, 0, [(1, b"r1"), (2, b"r2")])
+
+
 async def test_the_thread_reconnects_after_a_redis_restart_and_reloads_the_script(
         redis_server: RedisProcess, threaded, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed under the thread: StorageUnavailable; restarted (its script cache empty): the next

@@ -60,6 +60,9 @@ class StubEngine:
     def now_ns(self) -> int:
         return NOW_NS
 
+    def poll(self) -> None:
+        """(Engine.poll: no storage here, nothing to report.)"""
+
     async def submit(self, op: tuple, derive=None) -> tuple:
         return (await self.submit_many([(op, derive)]))[0]
 
