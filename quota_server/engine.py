@@ -767,10 +767,17 @@ class Engine:
                 log.warning("storage is back")
                 self._set_storage_down(False)
 
-    def _fail_queued(self, error: type[QuotaError]) -> None:
-        """Answer every submission still queued (never applied) with `error`, and drop them."""
-        _fail(self._pending, error)
-        self._pending.clear()
+    def _fail_queued(self, error: type[QuotaError], keep_early: bool = False) -> None:
+        """Answer every submission still queued (never applied) with `error`, and drop them;
+        `keep_early`: except fail-open ones, which are answered as soon as they are applied."""
+        pending = self._pending
+        if keep_early and any(item.early for item in pending):
+            _fail([item for item in pending if not item.early], error)
+            pending[:] = [item for item in pending if item.early]
+            self._queued_ops = sum(len(item.ops) for item in pending)
+            return
+        _fail(pending, error)
+        pending.clear()
         self._queued_ops = 0
 
     def _answer_unavailable(self, flush: _Flush) -> None:
@@ -778,11 +785,12 @@ class Engine:
         Its callers, those of what is applied behind it, and those queued are answered
         UNAVAILABLE now instead of waiting for storage to come back (a call may have no
         deadline): each may retry with the same id, which is answered with the original
-        result once the write has landed (or applied afresh if it was only queued)."""
+        result once the write has landed (or applied afresh if it was only queued). Fail-open
+        calls queued meanwhile stay queued: they are applied, and answered, at once."""
         flush.fail(Unavailable)
         if self._behind is not None:
             self._behind.fail(Unavailable)
-        self._fail_queued(Unavailable)
+        self._fail_queued(Unavailable, keep_early=True)
 
     def _die(self, exc: BaseException) -> None:
         if self.fatal is not None:

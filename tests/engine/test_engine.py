@@ -203,6 +203,25 @@ async def test_a_write_that_storage_reports_landed_is_answered_before_its_append
     await engine.stop()
 
 
+async def test_a_fail_open_call_queued_as_a_write_first_fails_is_still_answered(tmp_path):
+    """Storage known down: a fail-open call is answered once applied. One queued at the very
+    moment the write in flight fails for the first time (which answers that write's callers
+    and the queued ones UNAVAILABLE) stays queued and is answered all the same (a black-box
+    run saw such a call refused)."""
+    engine, storage, _ = await _engine(tmp_path)
+    await engine.submit(_upsert("a"))
+    engine.storage_down = True  # as the lease loop leaves it when Redis dies
+    storage.failing = StorageUnavailable
+    storage.gate = asyncio.Event()
+    first = await asyncio.wait_for(engine.submit(_upsert("b"), fail_open=True), 5)
+    assert first[0] == C.OK  # answered once applied; its write waits at the gate, then fails
+    storage.gate.set()  # that write's first attempt runs next, and fails
+    queued = engine._enqueue([_upsert("c")], None, True, True)  # as submit(fail_open=True) queues it
+    assert (await asyncio.wait_for(queued, 5))[0] == C.OK
+    storage.failing = None
+    await engine.stop()
+
+
 async def test_groups_applied_behind_a_write_share_the_next_record(tmp_path):
     """Groups that arrive one after another while a write is in flight are each applied at
     once, into one open flush, and written together as one record when that write has landed;
