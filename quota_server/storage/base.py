@@ -374,7 +374,8 @@ class Storage(abc.ABC):
     def poll(self) -> None:
         """Call the ``on_landed`` of a started append that has landed meanwhile, if this store
         can tell without the event loop's help. The engine calls it between the steps of its
-        own work (before applying a batch, after a Batch request is decoded), so that a landed
+        own work (before applying a batch, before and after decoding a Batch request, after
+        encoding its reply: `Engine.poll`), so that a landed
         write is answered and followed at once instead of after the loop's current turn (under
         a Batch load, several milliseconds of decoding and applying). The default does nothing."""
 

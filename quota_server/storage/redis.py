@@ -581,8 +581,9 @@ class _ThreadWriter:
 
     def submit(self, pieces: list, on_landed: Callable[[], None] | None = None) -> asyncio.Future:
         """Hand the command made of `pieces` to the thread now (`ready` must hold); the future
-        of its finished job, for `call`. `on_landed` runs first, from the eventfd's callback,
-        if the reply says the append landed (`_landed_reply`)."""
+        of its finished job, for `call`. `on_landed` runs first, from `poll` (the eventfd's
+        callback, or the engine's own call), if the reply says the append landed
+        (`_landed_reply`)."""
         job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
         self._writer.submit(job)
         self._on_landed = on_landed
