@@ -51,6 +51,9 @@ class StubEngine:
     def now_ns(self) -> int:
         return NOW_NS
 
+    def poll(self) -> None:
+        """(Engine.poll: no storage here, nothing to report.)"""
+
     async def submit_many(self, items: list) -> list[tuple]:
         self.last_items = items
         if self.canned is None:
