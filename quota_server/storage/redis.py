@@ -490,14 +490,19 @@ def _reply_of(data: bytes) -> Any:
     return reply
 
 
-def _landed_reply(job: Any) -> bool:
-    """The finished job's reply is the append script's OK or DUP: the append has landed."""
+def _job_reply(job: Any) -> Any:
+    """A finished job's reply, parsed once (`_reply_of`): the reply, or the exception an error
+    reply is raised as; None unless the job's status is OK."""
     if job.status != _rediswriter.OK:
-        return False
+        return None
     try:
-        reply = _reply_of(job.reply)
-    except Exception:  # noqa: BLE001 - an error reply: `call` raises it
-        return False
+        return _reply_of(job.reply)
+    except Exception as exc:  # noqa: BLE001 - an error reply (or unparsable): `call` raises it
+        return exc
+
+
+def _landed(reply: Any) -> bool:
+    """The append script's OK or DUP: the append has landed."""
     return isinstance(reply, list) and bool(reply) and reply[0] in (b"OK", b"DUP")
 
 
@@ -552,7 +557,8 @@ class _ThreadWriter:
         done, self._done = self._done, None
         waiter, self._waiter = self._waiter, None
         on_landed, self._on_landed = self._on_landed, None
-        if on_landed is not None and _landed_reply(job):
+        reply = _job_reply(job)
+        if on_landed is not None and _landed(reply):
             try:
                 on_landed()
             except Exception:  # noqa: BLE001 - the caller still gets its reply
@@ -560,7 +566,7 @@ class _ThreadWriter:
         if done is not None and not done.done():
             done.set_result(job)
         if waiter is not None and not waiter.done():
-            waiter.set_result(job)
+            waiter.set_result((job, reply))
 
     async def _connect(self) -> None:
         future = self.loop.run_in_executor(None, _connect_socket, self._host, self._port, self._handshake,
@@ -574,16 +580,13 @@ class _ThreadWriter:
         self._writer.adopt(fd)
 
     @property
-    def ready(self) -> bool:
-        """A job can be submitted at once: none in flight, a connection made, on this loop."""
-        return (not self._writer.busy() and self._writer.has_socket()
-                and self.loop is asyncio.get_running_loop())
+    def connected(self) -> bool:
+        return self._writer.has_socket()
 
     def submit(self, pieces: list, on_landed: Callable[[], None] | None = None) -> asyncio.Future:
-        """Hand the command made of `pieces` to the thread now (`ready` must hold); the future
-        of its finished job, for `call`. `on_landed` runs first, from `poll` (the eventfd's
-        callback, or the engine's own call), if the reply says the append landed
-        (`_landed_reply`)."""
+        """Hand the command made of `pieces` to the thread now (not `busy`, `connected`, on this
+        loop); the future of (its finished job, `_job_reply`), for `call`. `on_landed` runs first, from `poll` (the eventfd's
+        callback, or the engine's own call), if the reply says the append landed."""
         job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
         self._writer.submit(job)
         self._on_landed = on_landed
@@ -610,11 +613,13 @@ class _ThreadWriter:
             # stays true until it has (the next append takes the loop path meanwhile) and
             # `_done` tells close() when. (Not asyncio.shield: it would wake the caller one
             # loop iteration later, and the engine's next write waits for this one.)
-            job = await sent
+            job, reply = await sent
             sent = None
             status = job.status
             if status == _rediswriter.OK:
-                return _reply_of(job.reply)
+                if isinstance(reply, Exception):
+                    raise reply
+                return reply
             if status == _rediswriter.TIMEOUT:
                 raise rex.TimeoutError(f"no reply within {self._op_timeout_ms} ms")
             if status in (_rediswriter.IO_ERROR, _rediswriter.CLOSED, _rediswriter.NO_SOCKET):
@@ -905,7 +910,7 @@ class RedisStorage(Storage):
         pieces = sent = None
         if thread_writer is not None and not thread_writer.busy and thread_writer.loop is asyncio.get_running_loop():
             pieces = _append_pieces(keys, epoch, seq, record, chunks, key_index, events)
-            if pieces is not None and thread_writer.ready:
+            if pieces is not None and thread_writer.connected:
                 sent = thread_writer.submit(pieces, on_landed)
         return self._append(epoch, seq, record, events, keys, key_index, chunks, thread_writer, pieces, sent)
 
