@@ -8,6 +8,7 @@ cdef extern from "_jobthread.h":
     int jt_submit(JobThread* t, void* job) nogil
     int jt_finished(JobThread* t) nogil
     void jt_forget(JobThread* t) nogil
+    int jt_slice_err(JobThread* t) nogil
 
 
 cdef class JobWriter:
@@ -42,3 +43,8 @@ cdef class JobWriter:
 
     def busy(self):
         return self.current is not None
+
+    def slice_error(self):
+        """Whether the thread could ask for prompt wakeups (_jobthread.h, jt_prompt_wakeups):
+        0 if it did, the errno if the kernel refused, -1 while it has not started yet."""
+        return jt_slice_err(self.jt)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 
 import pytest
 import zstandard
@@ -205,3 +206,37 @@ def test_bad_jobs_are_refused() -> None:
     writer.close()
     with pytest.raises(RuntimeError):
         writer.submit(_rediswriter.AppendJob([b"*0\r\n"], PACK_MIN, 1, 2, 1_000))
+
+
+JT_SLICE_NS = 700_000  # _jobthread.h
+
+
+def _thread_slices() -> dict[int, int]:
+    """se.slice (ns) of each thread of this process, where the kernel shows it (EEVDF)."""
+    slices = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/sched") as f:
+                for line in f:
+                    if line.startswith("se.slice"):
+                        slices[int(tid)] = int(line.split(":")[1])
+        except OSError:  # pragma: no cover - a thread that ended meanwhile
+            pass
+    return slices
+
+
+def test_the_thread_asks_for_prompt_wakeups(writer_and_peer) -> None:
+    """The writer thread sets a time slice of its own (_jobthread.h, jt_prompt_wakeups): the
+    kernel accepts it, and where /proc shows slices, that thread has it and this one has not."""
+    writer, peer = writer_and_peer
+    command = _wire.resp_command(("PING",))
+    writer.submit(_rediswriter.AppendJob([command], PACK_MIN, 1, 2, 5_000))
+    assert read_command(peer, len(command)) == command
+    peer.sendall(b"+PONG\r\n")
+    assert wait_done(writer).status == _rediswriter.OK
+    assert writer.slice_error() == 0
+    slices = _thread_slices()
+    if not slices:
+        pytest.skip("this kernel shows no se.slice in /proc (older than EEVDF)")
+    assert slices[threading.get_native_id()] != JT_SLICE_NS
+    assert list(slices.values()).count(JT_SLICE_NS) == 1

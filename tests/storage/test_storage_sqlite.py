@@ -420,6 +420,19 @@ async def test_appends_run_on_the_c_writer_where_libsqlite3_loads(db: Path) -> N
         await off.close()
 
 
+async def test_the_c_writer_thread_asks_for_prompt_wakeups(db: Path) -> None:
+    """Its thread sets a time slice of its own, as the Redis writer's does (_jobthread.h,
+    jt_prompt_wakeups; tests/storage/test_rediswriter.py checks the slice itself)."""
+    store = SqliteStorage(str(db))
+    await store.open()
+    try:
+        epoch = await store.acquire_lease("me", TTL_MS)
+        await store.append(epoch, 1, b"first", [], [])  # the thread has run a job: it has started
+        assert store._fast.slice_error() == 0
+    finally:
+        await store.close()
+
+
 async def test_a_failing_statement_rolls_the_whole_append_back(db: Path) -> None:
     """SQLite refusing the usage insert (a trigger stands in for a full disk or a constraint)
     leaves nothing of the batch behind: no record, no events, last seq unchanged; the same
