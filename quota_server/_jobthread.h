@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -35,21 +34,21 @@ typedef struct {
     void* ctx;
 } JobThread;
 
-/* The time slice the thread asks for (ns): under the default (0.7 ms times 1 + log2 of the
-   CPUs), and longer than the CPU one job takes (compressing and sending a Batch's flush: about
+/* The time slice the thread asks for (ns): under the default on two CPUs or more (0.7 ms
+   times 1 + log2 of the CPUs), and longer than the CPU one job takes (compressing and sending a Batch's flush: about
    0.25 ms), so that the job runs in one go once it has started. */
 #define JT_SLICE_NS 700000ULL
 
 /* Ask Linux to run the calling thread promptly when it wakes: with EEVDF (Linux 6.12 and
-   later) a SCHED_OTHER thread may set its own time slice (sched_attr.sched_runtime, no
+   later) a thread of the fair class may set its own time slice (sched_attr.sched_runtime, no
    privilege needed), and a thread with a shorter slice than the one running preempts it on
-   wakeup. Every caller of a flush waits while this thread's job sleeps in a run queue behind
-   the event loop or a client process; on a busy two-core machine that was a third of a Redis
-   write's time (docs/performance.md, session 15). The thread sleeps between jobs and uses
-   little CPU, so nothing else starves. Its nice value is kept. Best effort: older kernels
-   ignore the slice; 0 or the errno. */
+   wakeup. Every caller of a flush waits while this thread's job sits in a run queue behind the
+   event loop or a client process (docs/performance.md, session 15). The thread sleeps between
+   jobs and uses little CPU. Its policy and nice value are kept (read first, then written back
+   with the slice); a real-time or deadline policy set by the operator is left alone. Best
+   effort: older kernels ignore the slice. 0 or an errno. */
 static int jt_prompt_wakeups(void) {
-#ifdef SYS_sched_setattr
+#if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
     struct {
         uint32_t size, sched_policy;
         uint64_t sched_flags;
@@ -58,12 +57,10 @@ static int jt_prompt_wakeups(void) {
         uint64_t sched_runtime, sched_deadline, sched_period;
     } attr;                     /* struct sched_attr, version 0 (SCHED_ATTR_SIZE_VER0) */
     memset(&attr, 0, sizeof attr);
+    if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) != 0) return errno;
+    if (attr.sched_policy != 0 && attr.sched_policy != 3) return EPERM;  /* SCHED_OTHER, SCHED_BATCH */
     attr.size = sizeof attr;
-    attr.sched_policy = 0;      /* SCHED_OTHER */
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, 0);  /* this thread's */
-    if (nice == -1 && errno != 0) return errno;
-    attr.sched_nice = nice;
+    attr.sched_flags &= 1;      /* SCHED_FLAG_RESET_ON_FORK, as it was */
     attr.sched_runtime = JT_SLICE_NS;
     if (syscall(SYS_sched_setattr, 0, &attr, 0) != 0) return errno;
     return 0;

@@ -211,32 +211,65 @@ def test_bad_jobs_are_refused() -> None:
 JT_SLICE_NS = 700_000  # _jobthread.h
 
 
-def _thread_slices() -> dict[int, int]:
-    """se.slice (ns) of each thread of this process, where the kernel shows it (EEVDF)."""
-    slices = {}
+def _thread_sched() -> dict[int, tuple[int, int | None]]:
+    """(policy, se.slice in ns or None where the kernel does not show it) of each thread of
+    this process."""
+    out = {}
     for tid in os.listdir("/proc/self/task"):
+        fields = {}
         try:
             with open(f"/proc/self/task/{tid}/sched") as f:
                 for line in f:
-                    if line.startswith("se.slice"):
-                        slices[int(tid)] = int(line.split(":")[1])
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        fields[name.strip()] = value.strip()
         except OSError:  # pragma: no cover - a thread that ended meanwhile
-            pass
-    return slices
+            continue
+        out[int(tid)] = (int(fields["policy"]), int(fields["se.slice"]) if "se.slice" in fields else None)
+    return out
+
+
+def _run_one_job(writer, peer) -> None:
+    command = _wire.resp_command(("PING",))
+    writer.submit(_rediswriter.AppendJob([command], PACK_MIN, 1, 2, 5_000))
+    assert read_command(peer, len(command)) == command
+    peer.sendall(b"+PONG\r\n")
+    assert wait_done(writer).status == _rediswriter.OK
 
 
 def test_the_thread_asks_for_prompt_wakeups(writer_and_peer) -> None:
     """The writer thread sets a time slice of its own (_jobthread.h, jt_prompt_wakeups): the
     kernel accepts it, and where /proc shows slices, that thread has it and this one has not."""
     writer, peer = writer_and_peer
-    command = _wire.resp_command(("PING",))
-    writer.submit(_rediswriter.AppendJob([command], PACK_MIN, 1, 2, 5_000))
-    assert read_command(peer, len(command)) == command
-    peer.sendall(b"+PONG\r\n")
-    assert wait_done(writer).status == _rediswriter.OK
+    _run_one_job(writer, peer)  # the thread has surely started
     assert writer.slice_error() == 0
-    slices = _thread_slices()
-    if not slices:
+    threads = _thread_sched()
+    if threads[threading.get_native_id()][1] is None:
         pytest.skip("this kernel shows no se.slice in /proc (older than EEVDF)")
-    assert slices[threading.get_native_id()] != JT_SLICE_NS
-    assert list(slices.values()).count(JT_SLICE_NS) == 1
+    assert threads[threading.get_native_id()][1] != JT_SLICE_NS
+    assert [s for _, s in threads.values()].count(JT_SLICE_NS) == 1
+
+
+def test_the_thread_keeps_the_scheduling_policy_it_started_with() -> None:
+    """A server started under SCHED_BATCH (`chrt -b`, say) keeps it in its writer thread,
+    which sets only its slice."""
+    me = threading.get_native_id()
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    try:
+        writer = _rediswriter.Writer()  # its thread inherits this thread's policy
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    writer.adopt(ours.detach())
+    try:
+        _run_one_job(writer, peer)
+        assert writer.slice_error() == 0
+        threads = _thread_sched()
+        batch = [tid for tid, (policy, _) in threads.items() if policy == os.SCHED_BATCH]
+        assert len(batch) == 1 and batch[0] != me
+        if threads[me][1] is not None:
+            assert threads[batch[0]][1] == JT_SLICE_NS
+    finally:
+        writer.close()
+        peer.close()
