@@ -34,9 +34,9 @@ typedef struct {
     void* ctx;
 } JobThread;
 
-/* The time slice the thread asks for (ns): under the default on two CPUs or more (0.7 ms
-   times 1 + log2 of the CPUs), and longer than the CPU one job takes (compressing and sending a Batch's flush: about
-   0.25 ms), so that the job runs in one go once it has started. */
+/* The time slice the thread asks for (ns): under the kernel's default on two CPUs or more
+   (0.7 ms times 1 + log2 of the CPUs), and longer than the CPU one job takes (compressing and
+   sending a Batch's flush: about 0.25 ms), so that a job runs in one go once it has started. */
 #define JT_SLICE_NS 700000ULL
 
 /* Ask Linux to run the calling thread promptly when it wakes: with EEVDF (Linux 6.12 and

@@ -45,6 +45,7 @@ cdef class JobWriter:
         return self.current is not None
 
     def slice_error(self):
-        """Whether the thread could ask for prompt wakeups (_jobthread.h, jt_prompt_wakeups):
-        0 if it did, the errno if the kernel refused, -1 while it has not started yet."""
+        """What became of the thread's request for prompt wakeups (_jobthread.h,
+        jt_prompt_wakeups): 0 if it was made, an errno if not, -1 before the thread has
+        started."""
         return jt_slice_err(self.jt)
