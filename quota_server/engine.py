@@ -770,15 +770,10 @@ class Engine:
     def _fail_queued(self, error: type[QuotaError], keep_early: bool = False) -> None:
         """Answer every submission still queued (never applied) with `error`, and drop them;
         `keep_early`: except fail-open ones, which are answered as soon as they are applied."""
-        pending = self._pending
-        if keep_early and any(item.early for item in pending):
-            _fail([item for item in pending if not item.early], error)
-            pending[:] = [item for item in pending if item.early]
-            self._queued_ops = sum(len(item.ops) for item in pending)
-            return
-        _fail(pending, error)
-        pending.clear()
-        self._queued_ops = 0
+        kept = [item for item in self._pending if item.early] if keep_early else []
+        _fail([item for item in self._pending if not item.early] if kept else self._pending, error)
+        self._pending[:] = kept
+        self._queued_ops = sum(len(item.ops) for item in kept)
 
     def _answer_unavailable(self, flush: _Flush) -> None:
         """The write of `flush` failed for want of storage and will be retried until it lands.

@@ -375,9 +375,9 @@ class Storage(abc.ABC):
         """Call the ``on_landed`` of a started append that has landed meanwhile, if this store
         can tell without the event loop's help. The engine calls it between the steps of its
         own work (before applying a batch, before and after decoding a Batch request, after
-        encoding its reply: `Engine.poll`), so that a landed
-        write is answered and followed at once instead of after the loop's current turn (under
-        a Batch load, several milliseconds of decoding and applying). The default does nothing."""
+        encoding its reply: `Engine.poll`), so that a landed write is answered and followed at
+        once instead of after the loop's current turn (under a Batch load, several milliseconds
+        of decoding and applying). The default does nothing."""
 
     @abc.abstractmethod
     async def write_snapshot(self, epoch: int, seq: int, blob: bytes) -> None:

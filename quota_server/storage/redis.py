@@ -585,8 +585,9 @@ class _ThreadWriter:
 
     def submit(self, pieces: list, on_landed: Callable[[], None] | None = None) -> asyncio.Future:
         """Hand the command made of `pieces` to the thread now (not `busy`, `connected`, on this
-        loop); the future of (its finished job, `_job_reply`), for `call`. `on_landed` runs first, from `poll` (the eventfd's
-        callback, or the engine's own call), if the reply says the append landed."""
+        loop); the future of (its finished job, `_job_reply`), for `call`. `on_landed` runs
+        first, from `poll` (the eventfd's callback, or the engine's own call), if the reply says
+        the append landed."""
         job = _rediswriter.AppendJob(pieces, PACK_MIN_BYTES, COMPRESS_LEVEL, CODEC_ZSTD, self._op_timeout_ms)
         self._writer.submit(job)
         self._on_landed = on_landed
