@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -106,6 +107,11 @@ class _Flush:
     def fail(self, error: type[QuotaError] = ShuttingDown) -> None:
         for batch, _ in self.parts:
             _fail(batch, error)
+
+
+def _wake(waiter: asyncio.Future, _done: asyncio.Future | None = None) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _fail(batch: list[_Pending], error: type[QuotaError] = ShuttingDown) -> None:
@@ -318,7 +324,7 @@ class Engine:
             self._release_waiter()
         return future
 
-    def _release_waiter(self, _write: asyncio.Future | None = None) -> None:
+    def _release_waiter(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -370,14 +376,19 @@ class Engine:
                         self._behind = self._apply_taken(behind, room - (behind.n_ops if behind else 0))
                         continue
                     # Woken by the write landing or by the queue reaching `eager` (a bare
-                    # future: this runs once per flush, asyncio.wait costs more).
+                    # future: this runs once per flush, asyncio.wait costs more). The write's
+                    # done callback wakes this wait only: a write task that ends right after
+                    # it landed (`_landed` woke this wait already) has its callbacks scheduled
+                    # by then, and one that woke whatever waits next would end the next
+                    # batch's wait for company (`_linger`) before it began.
                     waiter = self._waiter = self._loop.create_future()
-                    write.add_done_callback(self._release_waiter)
+                    wake = functools.partial(_wake, waiter)
+                    write.add_done_callback(wake)
                     try:
                         await waiter
                     finally:
                         self._waiter = None
-                        write.remove_done_callback(self._release_waiter)
+                        write.remove_done_callback(wake)
                     continue
                 if write is not None:
                     self._writing = self._writing_flush = None

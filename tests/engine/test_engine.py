@@ -447,6 +447,36 @@ async def test_a_wait_ends_once_enough_ops_are_queued(tmp_path):
     await engine.stop()
 
 
+async def test_a_write_that_lands_does_not_cut_the_next_wait_for_company_short(tmp_path):
+    """A write that finishes in its own task (SQLite's: no landing callback) lands, the flush
+    loop goes on to wait for company for the next small batch, and the write task's end must
+    not end that wait: the wait belongs to the next batch. (Until session 16 the task's done
+    callback released whatever wait was current, so behind SQLite's writes no wait ever ran
+    and flushes carried half the ops they did on memory://.)"""
+    from quota_server.engine import LINGER_ENOUGH_OPS
+
+    engine, storage, _ = await _engine(tmp_path, flush_window_us=30_000_000)
+    storage.gate = asyncio.Event()
+    first = [asyncio.ensure_future(engine.submit(_upsert(f"a{i}"))) for i in range(LINGER_ENOUGH_OPS)]
+    for _ in range(10):  # the first batch is written; its write waits at the gate
+        await asyncio.sleep(0)
+    assert storage.starts == [1] and not storage.appends
+    late = asyncio.ensure_future(engine.submit(_upsert("late")))
+    await asyncio.sleep(0)
+    storage.gate.set()
+    assert [r[0] for r in await asyncio.gather(*first)] == [C.OK] * LINGER_ENOUGH_OPS
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not late.done(), "the lone late call waits for company (the window is 30 s)"
+    assert storage.starts == [1]
+    # Company comes: once enough ops are queued the wait ends, and they share one write.
+    rest = [asyncio.ensure_future(engine.submit(_upsert(f"b{i}"))) for i in range(LINGER_ENOUGH_OPS - 1)]
+    results = await asyncio.wait_for(asyncio.gather(late, *rest), timeout=20)
+    assert [r[0] for r in results] == [C.OK] * LINGER_ENOUGH_OPS
+    assert storage.starts == [1, 2] and engine.windows_run_out == 0
+    await engine.stop()
+
+
 async def test_no_waiting_for_company_behind_slow_writes(tmp_path):
     """Writes that take the window or longer gather ops behind them by themselves: once one
     has, no small batch waits for more."""
