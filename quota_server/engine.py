@@ -110,6 +110,7 @@ class _Flush:
 
 
 def _wake(waiter: asyncio.Future, _done: asyncio.Future | None = None) -> None:
+    """Wake `waiter` if it still waits (a write's done callback, bound to the wait it was set for)."""
     if not waiter.done():
         waiter.set_result(None)
 
