@@ -326,9 +326,9 @@ class Engine:
         return future
 
     def _release_waiter(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Wake whatever the flush loop waits on now (the queue, a landing, a window's end)."""
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     def read(self, op: tuple | None = None) -> tuple | None:
         """Apply a non-mutating op (CHECK) at once, outside the write path; its result (None if

@@ -243,6 +243,18 @@ def _run_one_job(writer, peer) -> None:
     assert wait_done(writer).status == _rediswriter.OK
 
 
+def _the_new_thread(writer, peer, before: set[int]) -> tuple[int, dict[int, tuple[int, int | None]]]:
+    """Run one job (the thread has surely started then), check that its request for prompt
+    wakeups was made, and return the one thread it added to those `before`, with every
+    thread's (policy, slice)."""
+    _run_one_job(writer, peer)
+    assert writer.slice_error() == 0
+    threads = _thread_sched()
+    new = [tid for tid in threads if tid not in before]
+    assert len(new) == 1
+    return new[0], threads
+
+
 def test_the_thread_asks_for_prompt_wakeups() -> None:
     """The writer thread sets a time slice of its own (_jobthread.h, jt_prompt_wakeups): the
     kernel accepts it, and where /proc shows slices, the one thread it adds has it and this one
@@ -250,14 +262,10 @@ def test_the_thread_asks_for_prompt_wakeups() -> None:
     before = set(_thread_sched())
     writer, peer = _new_writer_and_peer()
     try:
-        _run_one_job(writer, peer)  # the thread has surely started
-        assert writer.slice_error() == 0
-        threads = _thread_sched()
-        new = [tid for tid in threads if tid not in before]
-        assert len(new) == 1
-        if threads[new[0]][1] is None:
+        tid, threads = _the_new_thread(writer, peer, before)
+        if threads[tid][1] is None:
             pytest.skip("this kernel shows no se.slice in /proc (older than EEVDF)")
-        assert threads[new[0]][1] == JT_SLICE_NS
+        assert threads[tid][1] == JT_SLICE_NS
         assert threads[threading.get_native_id()][1] != JT_SLICE_NS
     finally:
         writer.close()
@@ -274,12 +282,8 @@ def test_the_thread_keeps_the_scheduling_policy_it_started_with() -> None:
     finally:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     try:
-        _run_one_job(writer, peer)
-        assert writer.slice_error() == 0
-        threads = _thread_sched()
-        new = [tid for tid in threads if tid not in before]
-        assert len(new) == 1
-        policy, slice_ns = threads[new[0]]
+        tid, threads = _the_new_thread(writer, peer, before)
+        policy, slice_ns = threads[tid]
         assert policy == os.SCHED_BATCH
         assert slice_ns in (None, JT_SLICE_NS)
         assert threads[threading.get_native_id()][0] == os.SCHED_OTHER
